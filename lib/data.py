@@ -115,7 +115,7 @@ def wikitext_tokens(split: str) -> list[str]:
         raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
     text = path("wikitext-2", f"{split}.txt").read_text(encoding="utf-8")
     tokens: list[str] = []
-    for line in text.split("\n"):
+    for line in text.splitlines():  # as reading the file line by line does
         tokens.extend(line.split())
         tokens.append("<eos>")
     return tokens

@@ -128,6 +128,11 @@ def coerce(chapter: Chapter, key: str, value: Any) -> Any:
 
 def _scalar(chapter: Chapter, key: str, kind: str, value: Any, spec: dict) -> Any:
     want = TYPES[kind]
+    if kind == "float" and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     ok = isinstance(value, want) and not (kind in ("int", "float") and isinstance(value, bool))
     if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True

@@ -94,12 +94,14 @@ def read_records(nb: nbformat.NotebookNode) -> dict[str, Any]:
 def cell_failure(nb_path: Path) -> str:
     """Text naming the failing cell of a papermill output, its source and its traceback."""
     nb = nbformat.read(nb_path, as_version=4)
-    for index, cell in enumerate(nb.cells):
+    added = ("injected-parameters", "papermill-error-cell-tag")  # cells papermill inserted
+    own = [c for c in nb.cells if not set(added) & set(c.metadata.get("tags", []))]
+    for index, cell in enumerate(own, start=1):
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 tb = _ANSI.sub("", "\n".join(out.get("traceback", [])))
                 source = "\n".join("    " + line for line in cell.source.splitlines()[:8])
-                return (f"cell {index} (execution count {cell.get('execution_count')}) raised "
+                return (f"cell {index} of {len(own)} (execution count {cell.get('execution_count')}) raised "
                         f"{out.get('ename')}: {out.get('evalue')}\n  source:\n{source}\n  traceback:\n{tb}")
     return "no cell error recorded (the kernel may have died or timed out)"
 

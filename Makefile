@@ -1,0 +1,41 @@
+# The two commands of the README, and their helpers. Each target bootstraps .venv first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SMOKE_DIR := _build/smoke
+export OMP_NUM_THREADS := 1
+export MKL_NUM_THREADS := 1
+export PYTHONHASHSEED := 0
+
+.PHONY: book test smoke site-smoke chromium clean
+
+# Execute every chapter with its default (book) profile, then render the site to _build/html.
+book: $(STAMP)
+	$(PY) -m lib run --profile book --jobs 2
+	$(PY) -m lib build
+
+# The whole test suite: unit tests, notebook lint, smoke runs of every chapter, the site in a
+# browser, then nbval re-executes the smoke notebooks and compares their claim tables.
+test: $(STAMP) chromium
+	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadscope --nbval-lax --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg $(SMOKE_DIR)/executed/*.ipynb
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	@# the CPU wheel of torch first, so that no dependency pulls a CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Debian's chromium for the browser test (CI runs as root; elsewhere install it yourself).
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "installing Debian's chromium for the browser test"; \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+		else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }
+
+clean:
+	rm -rf _build
