@@ -76,38 +76,38 @@ def _diag_rows(k: int, n: int, m: int) -> tuple[int, int]:
 
 
 def _skew(theta: Tensor) -> Tensor:
-    """(B, n, m) grid -> (B, n+m+1, n+1) anti-diagonal layout S[:, i+j, i] = theta[:, i-1, j-1]."""
+    """(B, n, m) grid -> (n+m+1, B, n+1) anti-diagonal layout S[i+j, :, i] = theta[:, i-1, j-1]."""
     b, n, m = theta.shape
-    out = theta.new_zeros(b, n + m + 1, n + 1)
+    out = theta.new_zeros(n + m + 1, n + 1, b)
     i = torch.arange(1, n + 1, device=theta.device)[:, None]
     j = torch.arange(1, m + 1, device=theta.device)[None, :]
-    out[:, i + j, i.expand(n, m)] = theta
-    return out
+    out[i + j, i.expand(n, m)] = theta.permute(1, 2, 0)
+    return out.permute(0, 2, 1).contiguous()
 
 
 def _unskew(s: Tensor, n: int, m: int) -> Tensor:
-    """Inverse of _skew: (B, n+m+1, n+1) anti-diagonal layout -> (B, n, m) grid."""
+    """Inverse of _skew: (n+m+1, B, n+1) anti-diagonal layout -> (B, n, m) grid."""
     i = torch.arange(1, n + 1, device=s.device)[:, None]
     j = torch.arange(1, m + 1, device=s.device)[None, :]
-    return s[:, i + j, i.expand(n, m)]
+    return s.permute(0, 2, 1)[i + j, i.expand(n, m)].permute(2, 0, 1)
 
 
 def dtw_forward(theta: Tensor, gamma: float, reg: str, keep: bool = True) -> tuple[Tensor, Tensor | None]:
-    """DTW_Omega values (B,) of score grids (B, n, m) and, if keep, the local argmax weights."""
+    """DTW_Omega values (B,) of score grids (B, n, m) and, if keep, the local weights (n+m+1, B, n+1, 3)."""
     b, n, m = theta.shape
     th = _skew(theta)
     neg = torch.full((b, n + 1), -math.inf, dtype=theta.dtype, device=theta.device)
     prev2, prev1 = neg.clone(), neg.clone()
     prev2[:, 0] = 0.0  # V[0, 0] = 0, every other boundary cell is -inf
-    q_all = theta.new_zeros(b, n + m + 1, n + 1, 3) if keep else None
+    q_all = theta.new_zeros(n + m + 1, b, n + 1, 3) if keep else None  # one contiguous slab per diagonal
     for k in range(2, n + m + 1):
         lo, hi = _diag_rows(k, n, m)
         x = torch.stack((prev1[:, lo:hi + 1], prev2[:, lo - 1:hi], prev1[:, lo - 1:hi]), -1)
         val, q = max_op(x, gamma, reg)  # neighbours: left (i, j-1), diagonal, up (i-1, j)
         cur = neg.clone()
-        cur[:, lo:hi + 1] = th[:, k, lo:hi + 1] + val
+        cur[:, lo:hi + 1] = th[k, :, lo:hi + 1] + val
         if keep:
-            q_all[:, k, lo:hi + 1] = q
+            q_all[k, :, lo:hi + 1] = q
         prev2, prev1 = prev1, cur
     return prev1[:, n], q_all
 
@@ -115,13 +115,13 @@ def dtw_forward(theta: Tensor, gamma: float, reg: str, keep: bool = True) -> tup
 def dtw_backward(q_all: Tensor, n: int, m: int) -> Tensor:
     """Gradient (B, n, m) of DTW_Omega w.r.t. theta from the stored local weights (Algorithm 2)."""
     g = q_all.new_zeros(q_all.shape[:3])
-    g[:, n + m, n] = 1.0
+    g[n + m, :, n] = 1.0
     for k in range(n + m, 1, -1):
         lo, hi = _diag_rows(k, n, m)
-        e = g[:, k, lo:hi + 1, None] * q_all[:, k, lo:hi + 1]
-        g[:, k - 1, lo:hi + 1] += e[..., 0]
-        g[:, k - 2, lo - 1:hi] += e[..., 1]
-        g[:, k - 1, lo - 1:hi] += e[..., 2]
+        e = g[k, :, lo:hi + 1, None] * q_all[k, :, lo:hi + 1]
+        g[k - 1, :, lo:hi + 1] += e[..., 0]
+        g[k - 2, :, lo - 1:hi] += e[..., 1]
+        g[k - 1, :, lo - 1:hi] += e[..., 2]
     return _unskew(g, n, m)
 
 
