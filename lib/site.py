@@ -121,8 +121,10 @@ def stage(records: dict[str, dict[str, Any]]) -> Path:
         shutil.rmtree(render)
     ignore = shutil.ignore_patterns("*.ipynb", "*.yml", ".ipynb_checkpoints", "__pycache__")
     shutil.copytree(BOOK_DIR, render / "book", ignore=ignore)
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(ROOT / name, render / name)
+    shutil.copy2(ROOT / "_config.yml", render / "_config.yml")
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    toc["parts"] = [part for part in toc.get("parts", []) if part.get("chapters")]  # none yet: no part
+    (render / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
     for entry in toc_chapters():
         name = profiles.chapter_name(Path(entry).name)
         shutil.copy2(executed_dir() / f"{name}.ipynb", render / f"{entry}.ipynb")

@@ -149,3 +149,19 @@ def test_cli_list_shows_every_chapter_with_parameters_and_profiles():
         for key in chapter.params:
             assert f"  {key}:" in out.stdout
     assert out.stdout.count("profile smoke") == len(profiles.chapters())
+
+
+def test_cache_key_follows_data_files_and_package_versions(tmp_path, monkeypatch):
+    chapter = make_chapter(tmp_path / "ch")
+    chapter.data = ["wikitext-2"]
+    (tmp_path / "data" / "wikitext-2").mkdir(parents=True)
+    (tmp_path / "data" / "wikitext-2" / "valid.txt").write_text("a b c\n")
+    monkeypatch.setenv("REPRO_DATA", str(tmp_path / "data"))
+    params = profiles.resolve(chapter, "smoke")
+    key = runner.cache_key(chapter, params)
+    (tmp_path / "data" / "wikitext-2" / "valid.txt").write_text("a b d\n")
+    assert runner.cache_key(chapter, params) != key
+    key = runner.cache_key(chapter, params)
+    real = runner.repro.all_versions()
+    monkeypatch.setattr(runner.repro, "all_versions", lambda: real + ["numpy==0.0.1"])
+    assert runner.cache_key(chapter, params) != key
