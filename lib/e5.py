@@ -170,6 +170,7 @@ class E5Tokenizer:
         self.table = str.maketrans(f.norm_map)
         self.bos, self.eos, self.pad, self.unk = (f.special[k] for k in ("bos", "eos", "pad", "unk"))
         self.vocab_size = len(f.pieces)
+        self.space = f.pieces.index(SPACE)  # the bare word-boundary piece
 
     def normalize(self, text: str) -> str:
         """Apply the file's per-code-point normalisation map (NFKC and friends)."""
