@@ -180,14 +180,13 @@ def run_chapters(names: list[str], profile: str, overrides: dict[str, str], *,
     selected = [profiles.get(n) for n in names] if names else list(known.values())
     if not selected:
         raise SystemExit("no chapters found under book/chapters/")
+    unknown = [k for k in overrides if not any(k in c.params for c in selected)]
+    if unknown:
+        valid = "\n".join(f"{c.name}:\n{c.describe()}" for c in selected)
+        raise profiles.ParameterError(f"unknown parameter(s) {unknown}. Valid parameters:\n{valid}")
     plans = []
     for chapter in selected:
         mine = {k: v for k, v in overrides.items() if k in chapter.params}
-        unknown = [k for k in overrides if not any(k in c.params for c in selected)]
-        if unknown:
-            raise profiles.ParameterError(
-                f"unknown parameter(s) {unknown} for {', '.join(c.name for c in selected)}. "
-                f"Valid parameters of {chapter.name}:\n{chapter.describe()}")
         params = profiles.resolve(chapter, profile, mine)
         for name in chapter.data:  # missing data is reported before anything runs
             data.path(name)
