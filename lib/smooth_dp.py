@@ -18,7 +18,9 @@ the paper (Algorithms 2 and 4), never from autograd through the loop.
 from __future__ import annotations
 
 import math
+import time
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -300,17 +302,13 @@ def barycenter(series: Tensor, gamma: float, reg: str, init: Tensor, max_iter: i
 # timing (best of a few repeats; the machine is shared, so the minimum is the fairest)
 # ----------------------------------------------------------------------------------------------
 
-def random_walks(rng: "np.random.Generator", batch: int, length: int, dim: int = 1) -> Tensor:
+def random_walks(rng: np.random.Generator, batch: int, length: int, dim: int = 1) -> Tensor:
     """Batch of random-walk time series (batch, length, dim) in float64."""
-    import numpy as np
-
     return torch.tensor(np.cumsum(rng.normal(size=(batch, length, dim)), axis=1))
 
 
 def time_dtw(x: Tensor, y: Tensor, gamma: float, reg: str, repeats: int = 3) -> float:
     """Best wall time (s) of value + gradient of DTW_Omega on a batch of pairs (this module)."""
-    import time
-
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -321,8 +319,6 @@ def time_dtw(x: Tensor, y: Tensor, gamma: float, reg: str, repeats: int = 3) -> 
 
 def time_tslearn(x: Tensor, y: Tensor, gamma: float, repeats: int = 3) -> float:
     """Best wall time (s) of tslearn's soft_dtw_alignment (value + gradient) over the same pairs."""
-    import time
-
     from tslearn.metrics import soft_dtw_alignment
 
     xs, ys = x.numpy(), y.numpy()
@@ -334,3 +330,155 @@ def time_tslearn(x: Tensor, y: Tensor, gamma: float, repeats: int = 3) -> float:
             soft_dtw_alignment(a, b, gamma=gamma)
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+# ----------------------------------------------------------------------------------------------
+# checks used by the chapter (each returns numbers; the notebook records them as claims)
+# ----------------------------------------------------------------------------------------------
+
+def density(a: Tensor, tol: float = 0.0) -> float:
+    """Fraction of entries larger than tol (by default the exact non-zeros of an alignment or marginals)."""
+    return float((a > tol).double().mean())
+
+
+def fd_relative_error(value_fn, theta: Tensor, grad: Tensor, eps: float = 1e-6) -> float:
+    """Relative error |grad - fd| / |fd| of a gradient against central finite differences.
+
+    All 2 * theta.numel() perturbed copies go through value_fn as one batch (value_fn maps
+    a batch (K, *shape) to values (K,)).
+    """
+    k = theta.numel()
+    eye = torch.eye(k, dtype=theta.dtype, device=theta.device).reshape(k, *theta.shape)
+    vals = value_fn(torch.cat([theta + eps * eye, theta - eps * eye]))
+    fd = ((vals[:k] - vals[k:]) / (2 * eps)).reshape(theta.shape)
+    return float((grad - fd).norm() / fd.norm())
+
+
+def tslearn_agreement(x: Tensor, y: Tensor, gammas: list[float]) -> list[dict[str, float]]:
+    """Per gamma: relative value error and max alignment error of entropy DTW_Omega vs tslearn."""
+    from tslearn.metrics import soft_dtw_alignment
+
+    rows = []
+    for g in gammas:
+        align, ref = soft_dtw_alignment(x.numpy(), y.numpy(), gamma=g)
+        val, grad = dtw_value_and_grad(-sq_dists(x[None], y[None]), g, "entropy")
+        rows.append({"gamma": g, "value": -float(val), "tslearn": float(ref),
+                     "value_rel_err": abs(-float(val) - ref) / abs(ref),
+                     "grad_max_err": float((grad[0] - torch.as_tensor(align)).abs().max())})
+    return rows
+
+
+def crf_agreement(batch: int, t_len: int, s: int, seed: int) -> dict[str, object]:
+    """Entropy Vit_Omega (gamma=1) vs pytorch-crf: log-partition, unary marginals, decoding."""
+    import warnings
+
+    import torchcrf
+
+    torch.manual_seed(seed)
+    crf = torchcrf.CRF(s, batch_first=True).double()
+    em = torch.randn(batch, t_len, s, dtype=torch.float64, requires_grad=True)
+    full = torch.ones(t_len, batch, dtype=torch.bool)
+    with warnings.catch_warnings():  # torchcrf builds a uint8 mask internally; harmless here
+        warnings.simplefilter("ignore", UserWarning)
+        log_z = crf._compute_normalizer(em.transpose(0, 1), full)
+        crf_paths = crf.decode(em.detach())
+    unary_ref = torch.autograd.grad(log_z.sum(), em)[0]
+    log_z = log_z.detach()
+    with torch.no_grad():
+        theta = crf_potentials(em, crf.transitions, crf.start_transitions, crf.end_transitions)
+        val, marg = viterbi_marginals(theta, 1.0, "entropy")
+        same_path = viterbi_decode(theta).tolist() == crf_paths
+    return {"ours": val, "crf": log_z, "logz_max_err": float((val - log_z).abs().max()),
+            "marg_max_err": float((marg.sum(-1) - unary_ref).abs().max()), "same_decoding": same_path}
+
+
+def dtw_gaps(theta: Tensor, gammas: list[float], reg: str) -> Tensor:
+    """DTW_Omega(theta) - DTW_hard(theta) for each gamma: (len(gammas), B)."""
+    hard = dtw_forward(theta, 1.0, "hard", keep=False)[0]
+    return torch.stack([dtw_forward(theta, g, reg, keep=False)[0] - hard for g in gammas])
+
+
+def viterbi_gaps(theta: Tensor, gammas: list[float], reg: str) -> Tensor:
+    """Vit_Omega(theta) - Vit_hard(theta) for each gamma: (len(gammas), B)."""
+    hard = viterbi_forward(theta, 1.0, "hard")[0]
+    return torch.stack([viterbi_forward(theta, g, reg)[0] - hard for g in gammas])
+
+
+def gradient_check_errors(rng: np.random.Generator, gamma: float = 0.5) -> dict[str, float]:
+    """Relative finite-difference errors of the backward recursions, DTW (6x5) and Viterbi (T=5, S=4)."""
+    theta_d = torch.as_tensor(rng.normal(size=(6, 5)))
+    theta_v = torch.as_tensor(rng.normal(size=(5, 4, 4)))
+    out = {}
+    for reg in ("entropy", "l2"):
+        _, g = dtw_value_and_grad(theta_d[None], gamma, reg)
+        out[f"DTW {reg}"] = fd_relative_error(lambda t: dtw_forward(t, gamma, reg, keep=False)[0], theta_d, g[0])
+        _, g = viterbi_marginals(theta_v[None], gamma, reg)
+        out[f"Viterbi {reg}"] = fd_relative_error(lambda t: viterbi_forward(t, gamma, reg)[0], theta_v, g[0])
+    return out
+
+
+def bound_study(rng: np.random.Generator, sizes: list[int], instances: int, gammas: list[float],
+                n_states: int = 8) -> list[dict[str, object]]:
+    """Gaps DTW_Omega - DTW and Vit_Omega - Vit on random instances, with the bounds, per size and reg.
+
+    DTW grids are n = m = size with theta = -squared distances of random walks; Viterbi has
+    T = size and n_states states with standard normal potentials times 3.
+    """
+    rows = []
+    for size in sizes:
+        theta_d = -sq_dists(random_walks(rng, instances, size), random_walks(rng, instances, size))
+        theta_v = 3 * torch.as_tensor(rng.normal(size=(instances, size, n_states, n_states)))
+        for reg in ("entropy", "l2"):
+            for kind, gaps, bound in (
+                ("DTW", dtw_gaps(theta_d, gammas, reg), lambda g: dtw_bounds(size, size, g, reg)),
+                ("Viterbi", viterbi_gaps(theta_v, gammas, reg), lambda g: viterbi_bounds(size, n_states, g, reg)),
+            ):
+                for g, gap in zip(gammas, gaps):
+                    lo, hi = bound(g)
+                    ok = (gap >= lo - 1e-9 * (1 + abs(lo))) & (gap <= hi + 1e-9 * (1 + abs(hi)))
+                    rows.append({"problem": kind, "reg": reg, "size": size, "gamma": g, "low": lo, "high": hi,
+                                 "gap_min": float(gap.min()), "gap_mean": float(gap.mean()),
+                                 "gap_max": float(gap.max()), "inside": float(ok.double().mean())})
+    return rows
+
+
+def cost_table(rng: np.random.Generator, sizes: list[int], batch: int, gamma: float,
+               repeats: int) -> list[dict[str, float]]:
+    """Best times (s) of value + gradient for hard / entropy / l2 DTW here and tslearn's soft-DTW."""
+    rows = []
+    for n in sizes:
+        x, y = random_walks(rng, batch, n), random_walks(rng, batch, n)
+        row = {"L": n, "cells": batch * n * n}
+        row.update({reg: time_dtw(x, y, gamma, reg, repeats) for reg in REGS})
+        row["tslearn"] = time_tslearn(x, y, gamma, repeats)
+        rows.append(row)
+    return rows
+
+
+def trace_dataset(stride: int = 1) -> tuple[Tensor, np.ndarray, Tensor, np.ndarray]:
+    """UCR Trace (bundled in the tslearn wheel, no download): train/test series (N, L, 1) and labels."""
+    from tslearn.datasets import CachedDatasets
+
+    x_tr, y_tr, x_te, y_te = CachedDatasets().load_dataset("Trace")
+    return torch.as_tensor(x_tr[:, ::stride]), y_tr, torch.as_tensor(x_te[:, ::stride]), y_te
+
+
+def barycenter_study(x_tr: Tensor, y_tr, x_te: Tensor, y_te, gamma: float, iters: int) -> dict[str, dict]:
+    """Class centroids by Euclidean mean and by entropy / l2 soft-DTW barycenters, and how they score.
+
+    Scores: the DTW inertia (mean hard DTW discrepancy of training series to their class
+    centroid) and the test accuracy of a nearest-centroid classifier under hard DTW.
+    """
+    classes = np.unique(y_tr)
+    euclid = torch.stack([x_tr[y_tr == c].mean(0) for c in classes])
+    cents = {"Euclidean mean": euclid}
+    for reg in ("entropy", "l2"):
+        cents[f"soft-DTW ({reg})"] = torch.stack(
+            [barycenter(x_tr[y_tr == c], gamma, reg, euclid[i], iters)[0] for i, c in enumerate(classes)])
+    own = np.searchsorted(classes, y_tr)
+    out = {}
+    for name, cent in cents.items():
+        d_tr, d_te = dtw_cdist(x_tr, cent), dtw_cdist(x_te, cent)
+        out[name] = {"centroids": cent, "inertia": float(d_tr[np.arange(len(y_tr)), own].mean()),
+                     "accuracy": float((classes[d_te.argmin(1).numpy()] == y_te).mean())}
+    return out

@@ -19,6 +19,9 @@ from torch import Tensor, nn
 from lib import smooth_dp
 
 Sentence = tuple[list[str], list[str]]
+UPOS = ["ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN",
+        "PUNCT", "SCONJ", "SYM", "VERB", "X"]  # the 17 universal POS tags
+KINDS = ("softmax", "entropy", "l2")
 
 
 @dataclass
@@ -148,11 +151,11 @@ def predict(model: WindowTagger, batch: Batch, kind: str) -> Tensor:
 
 @torch.no_grad()
 def marginal_density(model: WindowTagger, batch: Batch, kind: str, gamma: float) -> float:
-    """Fraction of non-zero (> 1e-12) unary tag marginals over real tokens (sparsity of Vit_Omega)."""
+    """Fraction of exactly non-zero unary tag marginals over real tokens (sparsity of Vit_Omega)."""
     theta = model.potentials(batch).double()  # float64 so that tiny marginals do not underflow
     _, marg = smooth_dp.viterbi_marginals(theta, gamma, kind, batch.mask)
     unary = marg.sum(-1)[batch.mask]
-    return float((unary > 1e-12).double().mean())
+    return float((unary > 0).double().mean())
 
 
 def accuracy(model: WindowTagger, test: list[Batch], kind: str) -> float:
@@ -186,3 +189,11 @@ def train(train_sents: list[Sentence], test_sents: list[Sentence], vocab: Vocab,
     density = float("nan") if kind == "softmax" else \
         float(np.mean([marginal_density(model, b, kind, gamma) for b in test]))
     return {"acc": accs, "density": density, "seconds": time.perf_counter() - t0}
+
+
+def study(train_sents: list[Sentence], test_sents: list[Sentence], gamma: float, epochs: int, lr: float,
+          batch_size: int, seed: int, repeats: int, device: torch.device | str = "cpu") -> dict[str, list[dict]]:
+    """Train every loss kind `repeats` times (seeds seed, seed+1, ...) on the same data."""
+    vocab = build_vocab(train_sents, UPOS)
+    return {kind: [train(train_sents, test_sents, vocab, kind, gamma, epochs, lr, batch_size, seed + r, device)
+                   for r in range(repeats)] for kind in KINDS}
