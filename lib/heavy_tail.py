@@ -229,12 +229,13 @@ def simulate_simple_model(pi: np.ndarray, h: float, steps: int, method: str,
     eye = torch.eye(c, dtype=torch.float64)
     wanted, out = set(record), {}
     for k in range(steps + 1):
-        logp = torch.log_softmax(w, dim=0)               # column k: prediction for class k
-        if k in wanted:
-            out[k] = (-logp.diagonal()).numpy().copy()
+        if k in wanted:                                  # log(1 + sum_j!=k e^{w_jk - w_kk}), no cancellation
+            ratio = torch.exp(w - w.diagonal().unsqueeze(0))
+            ratio.diagonal().zero_()
+            out[k] = torch.log1p(ratio.sum(0)).numpy().copy()
         if k == steps:
             break
-        g = (logp.exp() - eye) * pi_t.unsqueeze(0)
+        g = (torch.softmax(w, dim=0) - eye) * pi_t.unsqueeze(0)
         w -= h * (g if method == "gd" else g.sign())
     return np.stack([out[k] for k in record])
 
@@ -288,6 +289,12 @@ def build_bigrams(tokens: Sequence[str], vocab_cap: int) -> Bigrams:
     vocab = [str(t) for t in types[order[:vocab_cap]]] + ["<unknown>"]
     nxt = ids[1:].clone()
     return Bigrams(ids[:-1].clone(), nxt, vocab, torch.bincount(nxt, minlength=vocab_cap + 1))
+
+
+def text_groups(counts: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Equal-mass frequency groups of the known token types; the unknown id (last) gets group n_groups."""
+    groups = equal_mass_groups(counts[:-1], n_groups)
+    return torch.cat([groups, torch.tensor([n_groups])])
 
 
 def bigram_losses(w: torch.Tensor, b: torch.Tensor, pairs: torch.Tensor, pair_counts: torch.Tensor,
@@ -366,8 +373,8 @@ def grid_runs(grid: dict[str, Sequence[float]]) -> tuple[list[str], list[float]]
 
 def run_grid(m: int, steps: int, seeds: Sequence[int], grid: dict[str, Sequence[float]],
              device: torch.device | str = "cpu", centred: bool = False, weighted: bool = False,
-             record_every: int = 1) -> list[Trace]:
-    """Train every (kind, learning rate) of the grid for each seed; one stacked model per seed.
+             record_every: int = 1, max_stack: int = 64) -> list[Trace]:
+    """Train every (kind, learning rate) of the grid for each seed, stacking up to max_stack runs per model.
 
     As in the authors' code the seed fixes both the data and the initialisation.
     """
@@ -375,13 +382,24 @@ def run_grid(m: int, steps: int, seeds: Sequence[int], grid: dict[str, Sequence[
     y = make_labels(m, device)
     tiers = class_tiers(m).to(device)[y]
     c = sizes(m)[1]
+    sample_w = sqrt_class_weights(y, c) if weighted else None
     traces = []
     for s in seeds:
         x = make_inputs(m, s, device, centred)
-        sample_w = sqrt_class_weights(y, c) if weighted else None
-        traces.append(train_stack(x, y, tiers, m, kinds, lrs, steps, s, sample_w, record_every))
+        parts = [train_stack(x, y, tiers, m, kinds[i:i + max_stack], lrs[i:i + max_stack], steps, s,
+                             sample_w, record_every) for i in range(0, len(kinds), max_stack)]
+        traces.append(concat_traces(parts))
         del x
     return traces
+
+
+def concat_traces(parts: Sequence[Trace]) -> Trace:
+    """Join traces of disjoint runs recorded at the same steps into one."""
+    if len(parts) == 1:
+        return parts[0]
+    return Trace(sum((p.kinds for p in parts), []), sum((p.lrs for p in parts), []), parts[0].steps,
+                 np.concatenate([p.group_loss for p in parts], 1), np.concatenate([p.loss for p in parts], 1),
+                 np.concatenate([p.class_loss for p in parts], 0))
 
 
 def select_per_kind(traces: Sequence[Trace], at: int = -1) -> dict[str, dict]:
