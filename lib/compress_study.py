@@ -246,7 +246,7 @@ def train(model: nn.Module, data: Batchset, steps: int, batch: int, lr: float, s
         opt.step()
         if after_step is not None:
             after_step(t)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     for h in s_hooks + t_hooks:
         h.remove()
     model.eval()
