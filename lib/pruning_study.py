@@ -138,3 +138,36 @@ def arm_configs(base: TrainConfig, sparsities: list[float], seeds: list[int], re
     cfgs += [replace(base, sparsity=s, seed=sd, reg=r, lam=lam)
              for sd in seeds for r, lam in regs.items() for s in reg_sparsities]
     return cfgs
+
+
+def gap_table(drops: pd.DataFrame) -> pd.DataFrame:
+    """Per arm, sparsity and seed: English relative drop, mean zero-shot relative drop, and
+    their difference (the paper's supervised vs zero-shot discrepancy)."""
+    en = drops[drops.lang == "en"].set_index(["arm", "sparsity", "seed"])["drop"]
+    zs = drops[drops.lang != "en"].groupby(["arm", "sparsity", "seed"])["drop"].mean()
+    out = pd.DataFrame({"en_drop": en, "zs_drop": zs})
+    out["gap"] = out.zs_drop - out.en_drop
+    return out.reset_index()
+
+
+def regularizer_effect(gaps: pd.DataFrame, reg: str, sparsity: float) -> pd.DataFrame:
+    """Per seed, at one sparsity: how much the regularizer lowers the zero-shot drop and the
+    English drop relative to plain pruning (positive = the regularizer helps)."""
+    key = ["seed"]
+    plain = gaps[(gaps.arm == "plain") & np.isclose(gaps.sparsity, sparsity)].set_index(key)
+    arm = gaps[(gaps.arm == reg) & np.isclose(gaps.sparsity, sparsity)].set_index(key)
+    return pd.DataFrame({"zs_reduction": plain.zs_drop - arm.zs_drop,
+                         "en_reduction": plain.en_drop - arm.en_drop}).dropna()
+
+
+def reset_tagger(tagger: Tagger, pretrained: dict, seed: int) -> None:
+    """Back to the pretrained encoder with a freshly seeded head (start of one seed's dense fine-tune)."""
+    tagger.load_state_dict(pretrained, strict=False)
+    torch.manual_seed(seed)
+    tagger.head.reset_parameters()
+
+
+def exact_zero_fraction(tagger: Tagger) -> float:
+    """Share of exact zeros among the prunable encoder weights (the 4-bit grid has a zero level)."""
+    w = pruning.prunable_weights(tagger.encoder)
+    return sum(int((p == 0).sum()) for p in w.values()) / sum(p.numel() for p in w.values())
