@@ -14,8 +14,9 @@ from lib.paths import CHAPTERS_DIR, LIB_DIR, ROOT
 
 NOTEBOOKS = sorted(CHAPTERS_DIR.glob("*.ipynb"))
 NETWORK = re.compile(r"\b(urllib|requests|http\.client|socket|urlopen|urlretrieve|wget|curl|"
-                     r"hf_hub_download|snapshot_download|load_dataset|fetch_[a-z_]+|"
-                     r"download\s*=\s*True)\b|https?://")
+                     r"hf_hub_download|snapshot_download|fetch_[a-z_]+|download\s*=\s*True)\b|"
+                     r"\bdatasets\.load_dataset|(?<![.\w])load_dataset\(|https?://")
+# (a method such as tslearn's CachedDatasets().load_dataset reads files bundled in a package)
 
 
 def code_cells(path: Path) -> list:
