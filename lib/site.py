@@ -140,6 +140,8 @@ def build() -> int:
     records = load_records()
     render = stage(records)
     site = build_dir() / "site"
+    if site.exists():  # a fresh build: a stale pickled environment can hide or invent warnings
+        shutil.rmtree(site)
     jb = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(jb), "build", str(render), "--path-output", str(site), "-W", "-n", "--keep-going"]
     print("rendering:", " ".join(cmd), flush=True)
