@@ -145,6 +145,7 @@ def train_tagger(tagger: Tagger, train: list[tuple[list[int], list[int]]], cfg: 
     """Fine-tune on ``train`` for ``cfg.steps`` AdamW steps with gradual global magnitude
     pruning to ``cfg.sparsity`` and an optional alignment regularizer; return a log."""
     g = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)  # dropout draws depend on this phase's seed only, not on what ran before
     params = [p for p in tagger.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))

@@ -15,7 +15,8 @@ from lib.pos_transfer import (TrainConfig, Tagger, baseline_accuracy, cache_key,
                               freeze_embeddings, load_encoder, mean_pairwise_retrieval, spread_indices,
                               subword_overlap, train_config_dict, train_tagger, trainable_state)
 
-PUD = ("ar", "hi", "it")  # the parallel treebanks (same sentences, same order)
+PUD = ("ar", "hi", "it")
+CACHE_VERSION = 2  # bump when the training code changes what a cached dense model would contain  # the parallel treebanks (same sentences, same order)
 
 
 @dataclass
@@ -65,7 +66,7 @@ def build_tagger(source: str, layers: int | None, seed: int, device) -> tuple[Ta
 def dense_finetune(tagger: Tagger, d: StudyData, cfg: TrainConfig, pad: int, key_parts: dict,
                    device, use_cache: bool = True) -> tuple[dict, dict]:
     """Fine-tune densely on English or load the cached result; return (trainable state, log)."""
-    key = cache_key(cfg=train_config_dict(cfg), **key_parts)
+    key = cache_key(cfg=train_config_dict(cfg), version=CACHE_VERSION, **key_parts)
     file = paths.cache_dir() / "pruning_zero_shot" / f"dense-{key}.pt"
     if use_cache and file.exists():
         saved = torch.load(file, map_location=device)
