@@ -317,6 +317,18 @@ def time_dtw(x: Tensor, y: Tensor, gamma: float, reg: str, repeats: int = 3) -> 
     return best
 
 
+def time_autograd(x: Tensor, y: Tensor, gamma: float, reg: str, repeats: int = 3) -> float:
+    """Best wall time (s) of value + gradient when autograd records the forward loop (the baseline)."""
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        theta = (-sq_dists(x, y)).requires_grad_(True)
+        val, _ = dtw_forward(theta, gamma, reg, keep=False)
+        torch.autograd.grad(val.sum(), theta)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def time_tslearn(x: Tensor, y: Tensor, gamma: float, repeats: int = 3) -> float:
     """Best wall time (s) of tslearn's soft_dtw_alignment (value + gradient) over the same pairs."""
     from tslearn.metrics import soft_dtw_alignment
