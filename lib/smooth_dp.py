@@ -12,7 +12,8 @@ where position 0 reads only theta[0, :, 0]; with entropy and gamma = 1 it is the
 
 Forward recursions run over anti-diagonals (DTW) or time steps (Viterbi), each step vectorised
 over cells, states and the batch; gradients come from the hand-written backward recursions of
-the paper (Algorithms 2 and 4), never from autograd through the loop.
+the paper (gradient by reverse accumulation of the local argmax weights), never from autograd
+through the loop.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def dtw_forward(theta: Tensor, gamma: float, reg: str, keep: bool = True) -> tup
 
 
 def dtw_backward(q_all: Tensor, n: int, m: int) -> Tensor:
-    """Gradient (B, n, m) of DTW_Omega w.r.t. theta from the stored local weights (Algorithm 2)."""
+    """Gradient (B, n, m) of DTW_Omega w.r.t. theta by the backward recursion over anti-diagonals."""
     g = q_all.new_zeros(q_all.shape[:3])
     g[n + m, :, n] = 1.0
     for k in range(n + m, 1, -1):
@@ -144,7 +145,7 @@ class _DTW(torch.autograd.Function):
 
 
 def dtw(theta: Tensor, gamma: float = 1.0, reg: str = "entropy") -> Tensor:
-    """Differentiable DTW_Omega of score grids (B, n, m) -> (B,); autograd uses Algorithm 2."""
+    """Differentiable DTW_Omega of score grids (B, n, m) -> (B,); its backward is the hand-written recursion."""
     if theta.dim() == 2:
         return _DTW.apply(theta[None], gamma, reg)[0]
     return _DTW.apply(theta, gamma, reg)
@@ -198,7 +199,7 @@ def viterbi_forward(theta: Tensor, gamma: float, reg: str, mask: Tensor | None =
 
 
 def viterbi_backward(q_all: Tensor, q_end: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Gradient (B, T, S, S) of Vit_Omega w.r.t. theta: the (sparse) pairwise marginals (Algorithm 4)."""
+    """Gradient (B, T, S, S) of Vit_Omega w.r.t. theta: the (sparse) pairwise marginals, by recursion."""
     b, t_len, s, _ = q_all.shape
     grad = q_all.new_zeros(q_all.shape)
     g = q_end
