@@ -21,6 +21,8 @@ MAGIC = b"E5S1"
 QK = 32  # weights per Q4_0 block
 Q4_BLOCK_BYTES = 2 + QK // 2  # float16 scale + 16 bytes of nibbles
 SPACE = "\u2581"  # SentencePiece's metaspace marker
+# (nibble - 8) of the low and the high nibble of every byte value: one table lookup per byte
+_NIBBLE_LUT = np.stack([(np.arange(256) & 0x0F) - 8, (np.arange(256) >> 4) - 8]).astype(np.float32)
 
 
 @dataclass
@@ -62,8 +64,11 @@ def dequant_q4_0(raw: np.ndarray | bytes, n: int) -> np.ndarray:
     blocks = buf.reshape(nb, Q4_BLOCK_BYTES)
     scale = fp16_to_fp32(blocks[:, :2].copy().view("<u2")[:, 0])
     qs = blocks[:, 2:]
-    nibbles = np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.float32)  # [nb, 32]
-    return ((nibbles - 8.0) * scale[:, None]).reshape(-1)
+    out = np.empty((nb, 2, QK // 2), dtype=np.float32)  # [block, low/high nibble, byte j]
+    np.take(_NIBBLE_LUT[0], qs, out=out[:, 0])  # weight j
+    np.take(_NIBBLE_LUT[1], qs, out=out[:, 1])  # weight j + 16
+    out *= scale[:, None, None]
+    return out.reshape(-1)
 
 
 def quant_q4_0(w: np.ndarray) -> bytes:
