@@ -31,8 +31,10 @@ def palette(n: int, name: str = ORDERED_PALETTE) -> list[tuple[float, float, flo
 
 
 def family_colors(names: list[str]) -> dict[str, tuple[float, float, float]]:
-    """A fixed categorical colour per name, so a method keeps its colour across figures."""
-    colours = sns.color_palette(FAMILY_PALETTE, max(len(names), 1))
+    """A fixed categorical colour per name, so a method keeps its colour across figures
+    (distinct colours beyond ten names, where the categorical palette would repeat)."""
+    palette_name = FAMILY_PALETTE if len(names) <= 10 else "husl"
+    colours = sns.color_palette(palette_name, max(len(names), 1))
     return dict(zip(names, colours))
 
 
