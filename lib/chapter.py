@@ -6,6 +6,7 @@ findings, shows the "paper vs here" table and reports the wall time.
 """
 from __future__ import annotations
 
+import textwrap
 import time
 from typing import Any
 
@@ -37,10 +38,11 @@ class ChapterRun:
 
         shown = ", ".join(f"{k}={v}" for k, v in self.params.items() if k != "profile")
         vers = ", ".join(f"{k} {v}" for k, v in repro.versions().items())
-        return (f"chapter {self.name} | profile {self.profile} | seed {self.seed}\n"
-                f"parameters: {shown}\n"
-                f"device {self.device} | torch threads {torch.get_num_threads()} | "
-                f"git {repro.git_revision()}\nversions: {vers}")
+        lines = [f"chapter {self.name} | profile {self.profile} | seed {self.seed}",
+                 f"device {self.device} | torch threads {torch.get_num_threads()} | git {repro.git_revision()}",
+                 *textwrap.wrap(f"parameters: {shown}", 88, subsequent_indent="  "),
+                 *textwrap.wrap(f"versions: {vers}", 88, subsequent_indent="  ")]
+        return "\n".join(lines)
 
     def show_claims(self) -> None:
         """Display the "paper vs here" table; the records travel in the output's metadata."""
