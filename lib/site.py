@@ -72,7 +72,10 @@ def papers_table(records: dict[str, dict[str, Any]], papers_file: Path = BOOK_DI
                 "| paper | chapter | status | headline (here) | paper's number |",
                 "|---|---|---|---|---|"]
         for p in papers[list_name]:
-            cite = f"{p['authors']} ({p['year']}), *{p['title']}*, {p['ref']}"
+            names = [a.strip() for a in p["authors"].replace(" and ", ", ").split(",")]
+            authors = names[0].replace(" et al.", "") + (" et al." if len(names) > 2 or "et al." in names[0]
+                                                         else "".join(f" and {n}" for n in names[1:]))
+            cite = f"*{p['title']}*. {authors} ({p['year']}), {p['ref']}"
             name = p.get("chapter")
             if name and name in records:
                 rec = records[name]
