@@ -348,7 +348,8 @@ def pack_state(model: nn.Module, skip: tuple[str, ...] = ()) -> dict[str, object
     ``skip``), each in dense or bitmask+values form; a tensor shared by several layers is
     stored once and the others hold a reference to its name."""
     out: dict[str, object] = {}
-    seen: dict[int, str] = {}
+    seen: dict[tuple, str] = {}
+    alive: list[torch.Tensor] = []  # hold every tensor, so a freed temporary's address is never reused
     whole = (StaticInt8Linear, *QLINEAR_TYPES)
     done: list[str] = []
     for name, module in model.named_modules():
@@ -359,7 +360,8 @@ def pack_state(model: nn.Module, skip: tuple[str, ...] = ()) -> dict[str, object
         elif list(module.children()):
             continue
         for key, t in _module_tensors(name, module).items():
-            ptr = t.data_ptr() if not t.is_quantized else id(t)
+            alive.append(t)
+            ptr = (t.data_ptr() if not t.is_quantized else id(t), t.dtype, tuple(t.shape))
             if ptr in seen and t.numel() > 0:
                 out[key] = seen[ptr]
                 continue

@@ -183,3 +183,15 @@ def test_fake_quant_linear_trains_and_converts():
     assert model[0].weight.grad is not None
     compress.from_fake_quant(model)
     assert type(model[0]) is nn.Linear and torch.equal(model(x), ref)
+
+
+def test_packing_int8_layers_never_mistakes_a_freed_temporary_for_a_shared_tensor():
+    # Distinct int8 layers unpack their weights into fresh temporaries; a freed temporary's
+    # address can come back for the next one, which must not be stored as a reference.
+    model = mlp(depth=6, h=64)
+    names = compress.linear_names(model)
+    compress.prune_unstructured(model, 0.9, names)  # sparse int8 weights take the bitmask path
+    q = compress.quantize_dynamic_int8(model, names)
+    refs = [k for k, v in compress.pack_state(q).items() if isinstance(v, str)]
+    assert refs == []
+    assert len({compress.state_bytes(compress.pack_state(q)) for _ in range(20)}) == 1
