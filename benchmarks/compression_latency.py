@@ -9,6 +9,7 @@ are the point.
     python benchmarks/compression_latency.py                 # 100 runs, batch 1 and 32, 32 tokens
     python benchmarks/compression_latency.py --runs 200 --seq 48 --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,8 @@ import warnings
 
 import torch
 
-from lib import compress, latency
-from lib import compress_study as cs
+from lib.chapters.compression import study as cs
+from lib.core import compress, latency
 
 
 def variants(calib: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.nn.Module]:
@@ -35,8 +36,9 @@ def variants(calib: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.nn.Mod
     compress.low_rank_model(out["SVD rank x1/4"], names, 0.25)
     out["3-layer student"] = cs.clone(dense)
     cs.keep_layers(out["3-layer student"].bert, [0, 2, 5])
-    out["3-layer student + int8"] = compress.quantize_dynamic_int8(cs.clone(out["3-layer student"]),
-                                                                   cs.encoder_linears(out["3-layer student"]))
+    out["3-layer student + int8"] = compress.quantize_dynamic_int8(
+        cs.clone(out["3-layer student"]), cs.encoder_linears(out["3-layer student"])
+    )
     return out
 
 
@@ -53,17 +55,23 @@ def main() -> None:
     ids, mask = cs.encode(cs.tokenizer(), texts[:256], args.seq)
     models = variants((ids, mask))
     x1, x32 = (ids[:1], mask[:1]), (ids[:32], mask[:32])
-    print(f"{args.threads} thread(s), {args.seq} tokens, {args.runs} runs after {args.warmup} warm-up; ms")
-    print(f"{'model':34} {'b1 med':>8} {'b1 p90':>8} {'b32 med':>9} {'b32 p90':>9} {'x dense b1':>10} "
-          f"{'x dense b32':>11} {'MB file':>8}")
+    print(
+        f"{args.threads} thread(s), {args.seq} tokens, {args.runs} runs after {args.warmup} warm-up; ms"
+    )
+    print(
+        f"{'model':34} {'b1 med':>8} {'b1 p90':>8} {'b32 med':>9} {'b32 p90':>9} {'x dense b1':>10} "
+        f"{'x dense b32':>11} {'MB file':>8}"
+    )
     base = None
     for name, model in models.items():
         b1 = latency.measure(lambda: model(*x1), args.runs, args.warmup, args.threads)
         b32 = latency.measure(lambda: model(*x32), args.runs, args.warmup, args.threads)
         base = base or (b1["median_ms"], b32["median_ms"])
         mb = compress.file_bytes(model, skip=cs.EMBED) / 1e6
-        print(f"{name:34} {b1['median_ms']:8.2f} {b1['p90_ms']:8.2f} {b32['median_ms']:9.1f} {b32['p90_ms']:9.1f} "
-              f"{base[0] / b1['median_ms']:10.2f} {base[1] / b32['median_ms']:11.2f} {mb:8.2f}")
+        print(
+            f"{name:34} {b1['median_ms']:8.2f} {b1['p90_ms']:8.2f} {b32['median_ms']:9.1f} {b32['p90_ms']:9.1f} "
+            f"{base[0] / b1['median_ms']:10.2f} {base[1] / b32['median_ms']:11.2f} {mb:8.2f}"
+        )
 
 
 if __name__ == "__main__":

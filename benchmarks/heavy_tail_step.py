@@ -1,4 +1,4 @@
-"""One full-batch training step of the stacked linear model (lib.heavy_tail) against a plain matmul.
+"""One full-batch training step of the stacked linear model (lib.chapters.heavy_tailed_imbalance.study) against a plain matmul.
 
 A step is forward (X W^T), loss, softmax gradient, backward (G^T X) and the optimizer update
 for every stacked run.  Its useful work is 4 n d (runs c) FLOPs, the two matrix products.  The
@@ -9,6 +9,7 @@ one thread, interleaved so that background load hits both sides alike.
     python benchmarks/heavy_tail_step.py                 # book size: m = 8, 21 runs (7 optimizers x 3 lrs)
     python benchmarks/heavy_tail_step.py --m 7 --runs 1 8 21 42
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,8 @@ import time
 
 import torch
 
-from lib import heavy_tail as ht
-from lib.optim import KINDS, StackedOptimizer
+from lib.chapters.heavy_tailed_imbalance import study as ht
+from lib.core.optim import KINDS, StackedOptimizer
 
 
 def best_time(fn, repeats: int) -> float:
@@ -51,12 +52,16 @@ def bench(m: int, runs: int, repeats: int, device: str) -> dict[str, float]:
         torch.mm(g.t(), x)
 
     t_step, t_mm = [], []
-    for _ in range(repeats):                       # interleave the two measurements
+    for _ in range(repeats):  # interleave the two measurements
         t_step.append(best_time(step, 1))
         t_mm.append(best_time(matmuls, 1))
     flops = 4.0 * n * d * c * runs
-    return {"step_s": min(t_step), "mm_s": min(t_mm), "step_gflops": flops / min(t_step) / 1e9,
-            "mm_gflops": flops / min(t_mm) / 1e9}
+    return {
+        "step_s": min(t_step),
+        "mm_s": min(t_mm),
+        "step_gflops": flops / min(t_step) / 1e9,
+        "mm_gflops": flops / min(t_mm) / 1e9,
+    }
 
 
 def main() -> None:
@@ -70,11 +75,15 @@ def main() -> None:
     torch.set_num_threads(1)
     n, c, d = ht.sizes(args.m)
     print(f"m = {args.m}: X {n} x {d}, {c} classes; one thread; best of {args.repeats}")
-    print(f"{'runs':>5} {'step ms':>9} {'matmul ms':>10} {'step GF/s':>10} {'mm GF/s':>9} {'ratio':>6}")
+    print(
+        f"{'runs':>5} {'step ms':>9} {'matmul ms':>10} {'step GF/s':>10} {'mm GF/s':>9} {'ratio':>6}"
+    )
     for r in args.runs:
         res = bench(args.m, r, args.repeats, args.device)
-        print(f"{r:>5} {res['step_s'] * 1e3:>9.1f} {res['mm_s'] * 1e3:>10.1f} {res['step_gflops']:>10.1f} "
-              f"{res['mm_gflops']:>9.1f} {res['step_gflops'] / res['mm_gflops']:>6.2f}")
+        print(
+            f"{r:>5} {res['step_s'] * 1e3:>9.1f} {res['mm_s'] * 1e3:>10.1f} {res['step_gflops']:>10.1f} "
+            f"{res['mm_gflops']:>9.1f} {res['step_gflops'] / res['mm_gflops']:>6.2f}"
+        )
 
 
 if __name__ == "__main__":

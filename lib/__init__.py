@@ -1,4 +1,5 @@
 """Shared library of the reproducible-analyses book: ``ch = lib.start("name", globals())``."""
-from lib.chapter import start
+
+from lib.book.chapter import start
 
 __all__ = ["start"]

@@ -1,10 +1,11 @@
 """Command line: ``python -m lib run|build|list`` (see README)."""
+
 from __future__ import annotations
 
 import argparse
 import sys
 
-from lib import profiles
+from lib.book import profiles
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -20,14 +21,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from lib import runner
+    from lib.book import runner
 
     overrides = {}
     for name, value in args.param or []:
         overrides[name] = value
     try:
-        outcomes = runner.run_chapters(args.chapters, args.profile, overrides,
-                                       jobs=args.jobs, use_cache=not args.no_cache)
+        outcomes = runner.run_chapters(
+            args.chapters, args.profile, overrides, jobs=args.jobs, use_cache=not args.no_cache
+        )
     except (profiles.ParameterError, KeyError, FileNotFoundError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
@@ -35,7 +37,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from lib import site
+    from lib.book import site
 
     return site.build()
 
@@ -47,8 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="execute chapters with papermill (cached by content)")
     run.add_argument("chapters", nargs="*", help="chapter names (default: all)")
     run.add_argument("--profile", default=profiles.DEFAULT_PROFILE, choices=profiles.PROFILES)
-    run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                     help="override a parameter (repeatable)")
+    run.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="override a parameter (repeatable)",
+    )
     run.add_argument("--jobs", "-j", type=int, default=1, help="chapters run in parallel")
     run.add_argument("--no-cache", action="store_true", help="re-execute even if cached")
     run.set_defaults(func=_cmd_run)

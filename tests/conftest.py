@@ -1,4 +1,5 @@
 """Shared fixtures: the smoke run of every chapter and the site built from it."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lib import profiles, site
-from lib.paths import ROOT
+from lib.book import profiles, site
+from lib.book.paths import ROOT
 
 SMOKE_DIR = ROOT / "_build" / "smoke"
 
@@ -31,22 +32,37 @@ def smoke_run() -> dict:
     names = toc_names()
     proc = None
     if names:
-        proc = subprocess.run([sys.executable, "-m", "lib", "run", *names, "--profile", "smoke",
-                               "--jobs", "2"], cwd=ROOT, env=smoke_env(), capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "lib", "run", *names, "--profile", "smoke", "--jobs", "2"],
+            cwd=ROOT,
+            env=smoke_env(),
+            capture_output=True,
+            text=True,
+        )
         print(proc.stdout[-5000:], proc.stderr[-20000:])
     records = {}
     for name in names:
         f = SMOKE_DIR / "executed" / f"{name}.json"
         records[name] = json.loads(f.read_text()) if f.exists() else None
-    return {"names": names, "records": records,
-            "returncode": proc.returncode if proc else 0,
-            "output": (proc.stdout + proc.stderr) if proc else ""}
+    return {
+        "names": names,
+        "records": records,
+        "returncode": proc.returncode if proc else 0,
+        "output": (proc.stdout + proc.stderr) if proc else "",
+    }
 
 
 @pytest.fixture(scope="session")
 def smoke_site(smoke_run) -> Path:
     """The site rendered (with -W) from the smoke outputs."""
-    proc = subprocess.run([sys.executable, "-m", "lib", "build"], cwd=ROOT, env=smoke_env(),
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, f"the book did not build:\n{proc.stdout[-8000:]}\n{proc.stderr[-8000:]}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lib", "build"],
+        cwd=ROOT,
+        env=smoke_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, (
+        f"the book did not build:\n{proc.stdout[-8000:]}\n{proc.stderr[-8000:]}"
+    )
     return SMOKE_DIR / "html"

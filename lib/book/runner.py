@@ -1,0 +1,253 @@
+"""The one runner: execute chapters with papermill, cache by content, record each run.
+
+``run_chapters`` executes each chapter into ``<build>/executed/NAME.ipynb`` and writes the
+run record ``NAME.json`` beside it (parameters, revision, versions, wall time, claims).
+A chapter is re-executed only when its cache key (notebook, spec, parameters, ``lib/``
+source, data files, installed packages) changes. Outputs are written to a temporary
+file and renamed, so an interrupted or failed run never leaves a notebook that looks
+complete; a failed notebook is kept under ``<build>/failed/`` for diagnosis only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from lib.book import profiles, repro
+from lib.book.paths import LIB_DIR, build_dir, executed_dir
+from lib.book.records import METADATA_KEY
+from lib.core import data
+
+CELL_TIMEOUT_S = 3600
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+@dataclass
+class Outcome:
+    """What happened to one chapter: ok, cached or failed, with its record or error text."""
+
+    chapter: str
+    status: str
+    wall_s: float
+    record: dict[str, Any] | None = None
+    error: str = ""
+
+    def summary(self) -> str:
+        """One line for the end of a run."""
+        if self.status == "failed":
+            return f"FAILED  {self.chapter:28} {self.wall_s:7.1f} s  {self.error.splitlines()[0]}"
+        claims = self.record["claims"]
+        held = sum(c["holds"] for c in claims)
+        flag = "ok     " if held == len(claims) else "CLAIMS "
+        label = "cached " if self.status == "cached" else flag
+        return (
+            f"{label} {self.chapter:28} {self.record['wall_s']:7.1f} s  "
+            f"claims {held}/{len(claims)} hold  profile {self.record['profile']}"
+        )
+
+
+def _digest_file(h: "hashlib._Hash", path: Path, label: str) -> None:
+    h.update(label.encode() + b"\0" + path.read_bytes() + b"\0")
+
+
+def cache_key(chapter: profiles.Chapter, params: dict[str, Any]) -> str:
+    """sha256 over everything the chapter's output depends on."""
+    h = hashlib.sha256()
+    _digest_file(h, chapter.notebook, "notebook")
+    _digest_file(h, chapter.spec_file, "spec")
+    h.update(json.dumps(params, sort_keys=True).encode())
+    for src in sorted(LIB_DIR.rglob("*.py")):
+        _digest_file(h, src, str(src.relative_to(LIB_DIR)))
+    for name in chapter.data:
+        for f in data.dataset_files(name):
+            _digest_file(h, f, f"{name}/{f.relative_to(data.path(name))}")
+    h.update("\n".join(repro.all_versions()).encode())
+    return h.hexdigest()[:16]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_records(nb: nbformat.NotebookNode) -> dict[str, Any]:
+    """Claims, findings and headline that ``ch.show_claims()`` left in the outputs."""
+    found = {"claims": [], "findings": [], "headline": None}
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            rec = out.get("metadata", {}).get(METADATA_KEY)
+            if rec:
+                found = rec
+    return found
+
+
+def cell_failure(nb_path: Path) -> str:
+    """Text naming the failing cell of a papermill output, its source and its traceback."""
+    nb = nbformat.read(nb_path, as_version=4)
+    added = ("injected-parameters", "papermill-error-cell-tag")  # cells papermill inserted
+    own = [c for c in nb.cells if not set(added) & set(c.metadata.get("tags", []))]
+    for index, cell in enumerate(own, start=1):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                tb = _ANSI.sub("", "\n".join(out.get("traceback", [])))
+                source = "\n".join("    " + line for line in cell.source.splitlines()[:8])
+                return (
+                    f"cell {index} of {len(own)} (execution count {cell.get('execution_count')}) raised "
+                    f"{out.get('ename')}: {out.get('evalue')}\n  source:\n{source}\n  traceback:\n{tb}"
+                )
+    return "no cell error recorded (the kernel may have died or timed out)"
+
+
+def _tidy(nb: nbformat.NotebookNode) -> None:
+    """Hide papermill's injected-parameters cell on the page (the run card shows the values)."""
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+
+
+def execute(
+    chapter: profiles.Chapter,
+    params: dict[str, Any],
+    *,
+    use_cache: bool = True,
+    position: int = 0,
+    progress: bool = True,
+) -> Outcome:
+    """Execute one chapter (or reuse its cached output) and return what happened."""
+    import papermill
+
+    out_dir = executed_dir()
+    out_nb = out_dir / f"{chapter.name}.ipynb"
+    out_json = out_dir / f"{chapter.name}.json"
+    key = cache_key(chapter, params)
+    if use_cache and out_nb.exists() and out_json.exists():
+        record = json.loads(out_json.read_text())
+        if record.get("cache_key") == key and record.get("status") == "ok":
+            return Outcome(chapter.name, "cached", 0.0, record)
+
+    for stale in (out_nb, out_json):  # a re-run that fails must not leave the old result behind
+        stale.unlink(missing_ok=True)
+    tmp_dir = build_dir() / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp_nb = tmp_dir / f"{chapter.name}.{os.getpid()}.ipynb"
+    os.environ.update(repro.thread_env(1))  # inherited by the kernel, before it starts
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    bar = (
+        {
+            "desc": f"{chapter.name:28}",
+            "position": position,
+            "leave": True,
+            "bar_format": "{desc} {n_fmt}/{total_fmt} cells |{bar:20}| {elapsed}",
+        }
+        if progress
+        else False
+    )
+    try:
+        papermill.execute_notebook(
+            str(chapter.notebook),
+            str(tmp_nb),
+            parameters=params,
+            kernel_name="python3",
+            progress_bar=bar,
+            cwd=str(chapter.notebook.parent),
+            execution_timeout=CELL_TIMEOUT_S,
+        )
+    except Exception as exc:  # papermill's execution error, a dead kernel, a timeout
+        wall = time.perf_counter() - t0
+        failed_dir = build_dir() / "failed"
+        failed_dir.mkdir(parents=True, exist_ok=True)
+        detail = f"{type(exc).__name__}: {exc}"
+        if tmp_nb.exists():
+            detail = cell_failure(tmp_nb)
+            os.replace(tmp_nb, failed_dir / f"{chapter.name}.ipynb")
+        return Outcome(chapter.name, "failed", wall, None, f"{chapter.name}: {detail}")
+    wall = time.perf_counter() - t0
+
+    nb = nbformat.read(tmp_nb, as_version=4)
+    _tidy(nb)
+    record = {
+        "chapter": chapter.name,
+        "title": chapter.title,
+        "notebook": chapter.notebook.name,
+        "profile": params["profile"],
+        "parameters": params,
+        "status": "ok",
+        "git_revision": repro.git_revision(),
+        "versions": repro.versions(),
+        "started_at": started.isoformat(timespec="seconds"),
+        "wall_s": round(wall, 2),
+        "cache_key": key,
+        **read_records(nb),
+    }
+    write_atomic(out_nb, nbformat.writes(nb))
+    tmp_nb.unlink(missing_ok=True)
+    write_atomic(out_json, json.dumps(record, indent=2, default=str))
+    return Outcome(chapter.name, "ok", wall, record)
+
+
+def _execute_job(args: tuple) -> Outcome:
+    name, params, use_cache, position = args
+    return execute(profiles.get(name), params, use_cache=use_cache, position=position)
+
+
+def run_chapters(
+    names: list[str],
+    profile: str,
+    overrides: dict[str, str],
+    *,
+    jobs: int = 1,
+    use_cache: bool = True,
+) -> list[Outcome]:
+    """Validate every chapter's parameters first, then execute them (``jobs`` at a time)."""
+    known = profiles.chapters()
+    selected = [profiles.get(n) for n in names] if names else list(known.values())
+    if not selected:
+        raise SystemExit("no chapters found under book/chapters/")
+    unknown = [k for k in overrides if not any(k in c.params for c in selected)]
+    if unknown:
+        valid = "\n".join(f"{c.name}:\n{c.describe()}" for c in selected)
+        raise profiles.ParameterError(f"unknown parameter(s) {unknown}. Valid parameters:\n{valid}")
+    plans = []
+    for chapter in selected:
+        mine = {k: v for k, v in overrides.items() if k in chapter.params}
+        params = profiles.resolve(chapter, profile, mine)
+        for name in chapter.data:  # missing data is reported before anything runs
+            data.path(name)
+        plans.append((chapter.name, params, use_cache))
+    if jobs <= 1 or len(plans) == 1:
+        return [execute(profiles.get(n), p, use_cache=c, position=0) for n, p, c in plans]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        jobs_args = [(n, p, c, i % jobs) for i, (n, p, c) in enumerate(plans)]
+        return list(pool.map(_execute_job, jobs_args))
+
+
+def report(outcomes: list[Outcome]) -> int:
+    """Print failures in full and one summary line per chapter; return the exit code."""
+    for o in outcomes:
+        if o.status == "failed":
+            print(f"\n=== {o.chapter} failed ===\n{o.error}", file=sys.stderr)
+    print()
+    for o in outcomes:
+        print(o.summary())
+    bad = [
+        o
+        for o in outcomes
+        if o.status == "failed" or not all(c["holds"] for c in o.record["claims"])
+    ]
+    return 1 if bad else 0

@@ -1,0 +1,1 @@
+"""One package per chapter (its command-line name); each has a study.py whose results feed the records."""

@@ -1,0 +1,258 @@
+"""A small POS tagger trained with a per-token softmax or a smoothed-Viterbi structured loss.
+
+Unary scores come from a window (convolutional) network over word, suffix and word-shape
+embeddings; the structured models add a tag-transition matrix and train with the loss
+Vit_Omega(theta) - <theta, Y_gold> (the CRF negative log-likelihood when Omega is the negative
+entropy, a sparse analogue when Omega is the squared l2 norm), as in Mensch & Blondel (2018).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lib.chapters.differentiable_dp import smooth_dp
+
+Sentence = tuple[list[str], list[str]]
+UPOS = [
+    "ADJ",
+    "ADP",
+    "ADV",
+    "AUX",
+    "CCONJ",
+    "DET",
+    "INTJ",
+    "NOUN",
+    "NUM",
+    "PART",
+    "PRON",
+    "PROPN",
+    "PUNCT",
+    "SCONJ",
+    "SYM",
+    "VERB",
+    "X",
+]  # the 17 universal POS tags
+KINDS = ("softmax", "entropy", "l2")
+
+
+@dataclass
+class Vocab:
+    """Index maps for words, 3-letter suffixes and tags (index 0 = padding, 1 = unknown)."""
+
+    words: dict[str, int]
+    suffixes: dict[str, int]
+    tags: list[str]
+
+
+def build_vocab(train: list[Sentence], tags: list[str], min_count: int = 2) -> Vocab:
+    """Vocabulary from training sentences; rare words map to 'unknown' so that it gets trained."""
+    counts = Counter(w.lower() for words, _ in train for w in words)
+    words = {w: i + 2 for i, w in enumerate(sorted(w for w, c in counts.items() if c >= min_count))}
+    sufs = sorted({w.lower()[-3:] for words, _ in train for w in words})
+    return Vocab(words, {s: i + 2 for i, s in enumerate(sufs)}, sorted(tags))
+
+
+def _shape(word: str) -> int:
+    """Word-shape class: 0 pad, then capitalised / all caps / digit / punctuation / hyphen / other."""
+    if word.isupper() and len(word) > 1:
+        return 2
+    if word[:1].isupper():
+        return 1
+    if any(c.isdigit() for c in word):
+        return 3
+    if not any(c.isalnum() for c in word):
+        return 4
+    if "-" in word:
+        return 5
+    return 6
+
+
+@dataclass
+class Batch:
+    """Padded index tensors of one batch of sentences."""
+
+    words: Tensor
+    suffixes: Tensor
+    shapes: Tensor
+    tags: Tensor
+    mask: Tensor
+
+
+def encode(sents: list[Sentence], vocab: Vocab, device: torch.device | str = "cpu") -> Batch:
+    """Pad a list of sentences into index tensors (B, T) with a boolean mask."""
+    t_max = max(len(w) for w, _ in sents)
+    arr = np.zeros((5, len(sents), t_max), dtype=np.int64)
+    tag_ix = {t: i for i, t in enumerate(vocab.tags)}
+    for b, (words, tags) in enumerate(sents):
+        n = len(words)
+        arr[0, b, :n] = [vocab.words.get(w.lower(), 1) for w in words]
+        arr[1, b, :n] = [vocab.suffixes.get(w.lower()[-3:], 1) for w in words]
+        arr[2, b, :n] = [_shape(w) for w in words]
+        arr[3, b, :n] = [tag_ix[t] for t in tags]
+        arr[4, b, :n] = 1
+    ten = torch.as_tensor(arr, device=device)
+    return Batch(ten[0], ten[1], ten[2], ten[3], ten[4].bool())
+
+
+def batches(
+    sents: list[Sentence], size: int, rng: np.random.Generator | None
+) -> list[list[Sentence]]:
+    """Length-sorted batches (little padding), in random order when rng is given."""
+    order = sorted(range(len(sents)), key=lambda i: len(sents[i][0]))
+    groups = [[sents[i] for i in order[k : k + size]] for k in range(0, len(order), size)]
+    if rng is not None:
+        groups = [groups[i] for i in rng.permutation(len(groups))]
+    return groups
+
+
+class WindowTagger(nn.Module):
+    """Window network for unary tag scores, plus tag transitions for the structured losses."""
+
+    def __init__(
+        self, vocab: Vocab, dim: int = 64, hidden: int = 128, window: int = 3, dropout: float = 0.25
+    ) -> None:
+        super().__init__()
+        s = len(vocab.tags)
+        self.word = nn.Embedding(len(vocab.words) + 2, dim, padding_idx=0)
+        self.suffix = nn.Embedding(len(vocab.suffixes) + 2, dim // 2, padding_idx=0)
+        self.shape = nn.Embedding(7, 8, padding_idx=0)
+        self.conv = nn.Conv1d(dim + dim // 2 + 8, hidden, window, padding=window // 2)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, s)
+        self.trans = nn.Parameter(torch.zeros(s, s))  # trans[i, j]: tag j at t-1 -> tag i at t
+        self.start = nn.Parameter(torch.zeros(s))
+
+    def unaries(self, batch: Batch) -> Tensor:
+        """Per-token tag scores (B, T, S)."""
+        x = torch.cat(
+            [self.word(batch.words), self.suffix(batch.suffixes), self.shape(batch.shapes)], -1
+        )
+        h = torch.relu(self.conv(self.drop(x).transpose(1, 2))).transpose(1, 2)
+        return self.out(h)
+
+    def potentials(self, batch: Batch) -> Tensor:
+        """Viterbi potentials theta (B, T, S, S) = unary[t, i] + trans[i, j] (start scores at t = 0)."""
+        u = self.unaries(batch)
+        theta = u[:, :, :, None] + self.trans[None, None]
+        first = (u[:, 0] + self.start)[:, :, None].expand(-1, -1, theta.shape[-1])
+        return torch.cat([first[:, None], theta[:, 1:]], 1)
+
+
+def gold_score(theta: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+    """<theta, Y_gold> (B,): the score of the gold tag sequence under the potentials."""
+    prev = torch.cat([torch.zeros_like(tags[:, :1]), tags[:, :-1]], 1)
+    s = theta.shape[-1]
+    flat = theta.reshape(*theta.shape[:2], s * s)
+    picked = flat.gather(-1, (tags * s + prev)[..., None]).squeeze(-1)
+    return (picked * mask.to(picked.dtype)).sum(1)
+
+
+def loss_fn(model: WindowTagger, batch: Batch, kind: str, gamma: float) -> Tensor:
+    """Mean training loss: 'softmax' (per-token cross-entropy) or 'entropy' / 'l2' (Vit_Omega loss)."""
+    if kind == "softmax":
+        u = model.unaries(batch)
+        return nn.functional.cross_entropy(u[batch.mask], batch.tags[batch.mask])
+    theta = model.potentials(batch)
+    value = smooth_dp.viterbi(theta, gamma, kind, batch.mask)
+    return (value - gold_score(theta, batch.tags, batch.mask)).mean()
+
+
+@torch.no_grad()
+def predict(model: WindowTagger, batch: Batch, kind: str) -> Tensor:
+    """Predicted tags (B, T): per-token argmax for 'softmax', hard Viterbi decoding otherwise."""
+    if kind == "softmax":
+        return model.unaries(batch).argmax(-1)
+    return smooth_dp.viterbi_decode(model.potentials(batch), batch.mask)
+
+
+@torch.no_grad()
+def marginal_density(model: WindowTagger, batch: Batch, kind: str, gamma: float) -> float:
+    """Fraction of exactly non-zero unary tag marginals over real tokens (sparsity of Vit_Omega)."""
+    theta = model.potentials(batch).double()  # float64 so that tiny marginals do not underflow
+    _, marg = smooth_dp.viterbi_marginals(theta, gamma, kind, batch.mask)
+    unary = marg.sum(-1)[batch.mask]
+    return float((unary > 0).double().mean())
+
+
+def accuracy(model: WindowTagger, test: list[Batch], kind: str) -> float:
+    """Token accuracy over padded test batches."""
+    hit = tot = 0
+    for b in test:
+        pred = predict(model, b, kind)
+        hit += int(((pred == b.tags) & b.mask).sum())
+        tot += int(b.mask.sum())
+    return hit / tot
+
+
+def train(
+    train_sents: list[Sentence],
+    test_sents: list[Sentence],
+    vocab: Vocab,
+    kind: str,
+    gamma: float,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, float | list[float]]:
+    """Train one tagger; return test accuracy per epoch, marginal density and wall time."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = WindowTagger(vocab).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    test = [encode(g, vocab, device) for g in batches(test_sents, 256, None)]
+    accs, t0 = [], time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for group in batches(train_sents, batch_size, rng):
+            opt.zero_grad()
+            loss_fn(model, encode(group, vocab, device), kind, gamma).backward()
+            opt.step()
+        model.eval()
+        accs.append(accuracy(model, test, kind))
+    density = (
+        float("nan")
+        if kind == "softmax"
+        else float(np.mean([marginal_density(model, b, kind, gamma) for b in test]))
+    )
+    return {"acc": accs, "density": density, "seconds": time.perf_counter() - t0}
+
+
+def study(
+    train_sents: list[Sentence],
+    test_sents: list[Sentence],
+    gamma: float,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    repeats: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, list[dict]]:
+    """Train every loss kind `repeats` times (seeds seed, seed+1, ...) on the same data."""
+    vocab = build_vocab(train_sents, UPOS)
+    return {
+        kind: [
+            train(
+                train_sents,
+                test_sents,
+                vocab,
+                kind,
+                gamma,
+                epochs,
+                lr,
+                batch_size,
+                seed + r,
+                device,
+            )
+            for r in range(repeats)
+        ]
+        for kind in KINDS
+    }

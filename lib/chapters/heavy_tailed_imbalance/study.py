@@ -1,0 +1,512 @@
+"""Heavy-tailed class imbalance: why Adam beats GD on linear softmax models.
+
+Library code for the chapter reproducing Kunstner, Yadav, Milligan, Schmidt and Bietti
+(2024), arXiv:2402.19449.  It holds the synthetic data set of the authors' code
+(``BalancedXImbalancedY``: m tiers, tier i has 2^i classes of 2^(m-i) samples, inputs
+uniform on [0, 1)), full-batch training of many runs stacked in one linear model, the
+authors' learning-rate selection rule, the continuous-time theory of their Section 3.3,
+per-class gradient and Hessian statistics, and a bigram next-token model on WikiText-2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lib.core.optim import StackedOptimizer
+
+# --------------------------------------------------------------------------- data
+
+
+def sizes(m: int) -> tuple[int, int, int]:
+    """(samples n, classes c, input dimension d) of the synthetic problem with m tiers."""
+    return m * 2**m, 2**m - 1, (m + 1) * 2**m
+
+
+def class_tiers(m: int) -> torch.Tensor:
+    """Tier of each class (class 0 is the most frequent; tier i holds 2^i classes)."""
+    return torch.repeat_interleave(torch.arange(m), 2 ** torch.arange(m))
+
+
+def class_counts(m: int) -> torch.Tensor:
+    """Number of samples of each class: 2^(m - tier)."""
+    return 2 ** (m - class_tiers(m))
+
+
+def make_labels(m: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Labels of the n samples, sorted by class (class k repeated class_counts[k] times)."""
+    c = 2**m - 1
+    return torch.repeat_interleave(torch.arange(c), class_counts(m)).to(device)
+
+
+def make_inputs(
+    m: int, seed: int, device: torch.device | str = "cpu", centred: bool = False
+) -> torch.Tensor:
+    """Inputs i.i.d. uniform on [0, 1) (or on [-1/2, 1/2) if centred), float32, made on the device."""
+    n, _, d = sizes(m)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = torch.rand(n, d, generator=gen, device=device, dtype=torch.float32)
+    return x.sub_(0.5) if centred else x
+
+
+def equal_mass_groups(counts: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Group of each class when classes, sorted by frequency, are cut into groups of equal sample mass."""
+    order = torch.argsort(counts, descending=True, stable=True)
+    c = counts[order].double()
+    mid = (torch.cumsum(c, 0) - c / 2) / c.sum()  # middle of each class's mass interval
+    g_sorted = torch.clamp((mid * n_groups).floor().long(), max=n_groups - 1)
+    groups = torch.empty_like(g_sorted)
+    groups[order] = g_sorted
+    return groups
+
+
+def sqrt_class_weights(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Per-sample weights proportional to 1/sqrt(class count), summing to 1 (the paper's remedy)."""
+    counts = torch.bincount(y, minlength=n_classes).to(torch.float32)
+    w = counts[y].rsqrt()
+    return w / w.sum()
+
+
+# --------------------------------------------------------------- stacked linear model
+
+
+@dataclass
+class Trace:
+    """Loss history of stacked runs: per group over steps, overall, and per class at the end."""
+
+    kinds: list[str]
+    lrs: list[float]
+    steps: np.ndarray  # (T,) step index of each record
+    group_loss: np.ndarray  # (T, R, G) mean loss of the samples of each group
+    loss: np.ndarray  # (T, R) mean loss over all samples
+    class_loss: np.ndarray  # (R, c) mean loss of each class at the last record
+
+
+def init_linear(
+    d: int, c: int, runs: int, seed: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's default Linear init U(-1/sqrt(d), 1/sqrt(d)), the same for every run: W (R, c, d), b (R, c)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    bound = 1 / math.sqrt(d)
+    w = torch.rand(1, c, d, generator=gen, device=device).mul_(2 * bound).sub_(bound)
+    b = torch.rand(1, c, generator=gen, device=device).mul_(2 * bound).sub_(bound)
+    return w.repeat(runs, 1, 1), b.repeat(runs, 1)
+
+
+def sample_losses(
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every sample under every run (n, R), and the logits (n, R, c)."""
+    n, (r, c, d) = x.shape[0], w.shape
+    logits = torch.addmm(b.reshape(1, r * c), x, w.reshape(r * c, d).t()).view(n, r, c)
+    lse = torch.logsumexp(logits, dim=2)
+    picked = logits.gather(2, y.view(n, 1, 1).expand(n, r, 1)).squeeze(2)
+    return lse - picked, logits
+
+
+def loss_and_grads(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    sample_w: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample losses (n, R) and the gradients of the (weighted) mean loss for W and b.
+
+    Two matrix products over the whole data set: X W^T for the logits and G^T X for dW.
+    """
+    n, (r, c, d) = x.shape[0], w.shape
+    logits = torch.addmm(b.reshape(1, r * c), x, w.reshape(r * c, d).t()).view(n, r, c)
+    lse = torch.logsumexp(logits, dim=2, keepdim=True)
+    true_class = y.view(n, 1, 1).expand(n, r, 1)
+    losses = (lse - logits.gather(2, true_class)).squeeze(2)
+    g = logits.sub_(lse).exp_()  # softmax, in the logits' memory
+    g.scatter_add_(2, true_class, torch.full((n, r, 1), -1.0, device=x.device, dtype=g.dtype))
+    weight = (
+        sample_w
+        if sample_w is not None
+        else torch.full((n,), 1.0 / n, device=x.device, dtype=g.dtype)
+    )
+    g.mul_(weight.view(n, 1, 1))
+    gw = torch.mm(g.view(n, r * c).t(), x).view(r, c, d)
+    return losses, gw, g.sum(0)
+
+
+def group_means(values: torch.Tensor, group_of_sample: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Mean of per-sample values (n, R) within each group: (G, R)."""
+    sums = torch.zeros(n_groups, values.shape[1], device=values.device, dtype=values.dtype)
+    sums.index_add_(0, group_of_sample, values)
+    counts = torch.bincount(group_of_sample, minlength=n_groups).to(values.dtype)
+    return sums / counts.unsqueeze(1)
+
+
+def train_stack(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    group_of_sample: torch.Tensor,
+    n_groups: int,
+    kinds: Sequence[str],
+    lrs: Sequence[float],
+    steps: int,
+    seed: int,
+    sample_w: torch.Tensor | None = None,
+    record_every: int = 1,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+) -> Trace:
+    """Full-batch training of len(kinds) runs of a linear softmax model with bias, all stacked.
+
+    Runs share the data and the initialisation (as the paper's runs with one seed do);
+    losses are recorded from the forward pass of each step, so tracking them is free.
+    ``callback(t, W, b)`` (if given) sees the parameters before update t.
+    """
+    n_classes = int(y.max()) + 1
+    w, b = init_linear(x.shape[1], n_classes, len(kinds), seed, x.device)
+    opt = StackedOptimizer([w, b], [0, 0], list(kinds), list(lrs))
+    rec_steps, groups, overall = [], [], []
+
+    def record(t: int, losses: torch.Tensor) -> None:
+        rec_steps.append(t)
+        groups.append(group_means(losses, group_of_sample, n_groups).t().cpu())
+        overall.append(losses.mean(0).cpu())
+
+    for t in range(steps):
+        losses, gw, gb = loss_and_grads(x, y, w, b, sample_w)
+        if t % record_every == 0:
+            record(t, losses)
+        if callback is not None:
+            callback(t, w, b)
+        opt.step([gw, gb])
+        del gw, gb
+    with torch.no_grad():
+        losses, _ = sample_losses(x, y, w, b)
+    record(steps, losses)
+    class_loss = group_means(losses, y, n_classes).t().cpu()
+    return Trace(
+        list(kinds),
+        [float(v) for v in lrs],
+        np.array(rec_steps),
+        torch.stack(groups).numpy(),
+        torch.stack(overall).numpy(),
+        class_loss.numpy(),
+    )
+
+
+# ----------------------------------------------------------- learning-rate selection
+
+
+def progress_score(
+    final: np.ndarray, initial: np.ndarray | float, blowup: float = 1.5
+) -> np.ndarray:
+    """Final loss, or the initial loss for runs that diverged (NaN/inf or above blowup x initial)."""
+    final = np.asarray(final, dtype=float)
+    init = np.broadcast_to(np.asarray(initial, dtype=float), final.shape)
+    bad = ~np.isfinite(final) | (final > blowup * init)
+    return np.where(bad, init, final)
+
+
+def select_lr(final: np.ndarray, initial: np.ndarray) -> tuple[int, np.ndarray]:
+    """The authors' rule: for each learning rate the worst seed's score; return argmin and the scores.
+
+    final: (seeds, lrs) final training losses; initial: (seeds,) initial losses.
+    """
+    worst = progress_score(final, np.asarray(initial)[:, None]).max(axis=0)
+    return int(np.argmin(worst)), worst
+
+
+# ---------------------------------------------------------- continuous-time theory
+
+
+def gf_margin(pi: np.ndarray, t: np.ndarray, c: int) -> np.ndarray:
+    """Margin u of gradient flow on the simplified model: the root of e^u + (c-1) u = 1 + c pi t.
+
+    Newton's method from u = log(1 + c pi t), where the convex increasing left side is
+    already above the target, so the iterates decrease monotonically to the root.
+    """
+    s = 1.0 + c * np.multiply.outer(np.asarray(t, dtype=float), np.asarray(pi, dtype=float))
+    u = np.log(s)
+    for _ in range(100):
+        step = (np.exp(u) + (c - 1) * u - s) / (np.exp(u) + (c - 1))
+        u = u - step
+        if np.all(np.abs(step) <= 1e-13 * np.maximum(1.0, np.abs(u))):
+            break
+    return u
+
+
+def gf_loss(pi: np.ndarray, t: np.ndarray, c: int) -> np.ndarray:
+    """Per-class loss log(1 + (c-1) e^-u) under gradient flow, shape (len(t), len(pi))."""
+    return np.log1p((c - 1) * np.exp(-gf_margin(pi, t, c)))
+
+
+def sign_flow_loss(t: np.ndarray, c: int) -> np.ndarray:
+    """Per-class loss under sign flow, log(1 + (c-1) e^{-2t}), the same for every class."""
+    return np.log1p((c - 1) * np.exp(-2.0 * np.asarray(t, dtype=float)))
+
+
+def simulate_simple_model(
+    pi: np.ndarray, h: float, steps: int, method: str, record: Sequence[int]
+) -> np.ndarray:
+    """Small-step GD or sign descent on L(W) = sum_k pi_k CE(W e_k, k), W (c x c) from 0.
+
+    Returns the per-class losses at the requested step counts, shape (len(record), c).
+    """
+    pi_t = torch.as_tensor(pi, dtype=torch.float64)
+    c = pi_t.numel()
+    w = torch.zeros(c, c, dtype=torch.float64)
+    eye = torch.eye(c, dtype=torch.float64)
+    wanted, out = set(record), {}
+    for k in range(steps + 1):
+        if k in wanted:  # log(1 + sum_j!=k e^{w_jk - w_kk}), no cancellation
+            ratio = torch.exp(w - w.diagonal().unsqueeze(0))
+            ratio.diagonal().zero_()
+            out[k] = torch.log1p(ratio.sum(0)).numpy().copy()
+        if k == steps:
+            break
+        g = (torch.softmax(w, dim=0) - eye) * pi_t.unsqueeze(0)
+        w -= h * (g if method == "gd" else g.sign())
+    return np.stack([out[k] for k in record])
+
+
+# ---------------------------------------------------- per-class gradient and Hessian
+
+
+def per_class_grad_hessian(
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Norm of the gradient and trace of the Hessian block of each class's weights (w_k, b_k).
+
+    w: (c, d), b: (c,) of one run.
+    For a linear softmax model the Hessian block of class k is sum_n p_nk (1 - p_nk) x_n x_n^T / n
+    (x with a 1 appended for the bias), so its trace is exact and cheap.
+    """
+    n = x.shape[0]
+    p = torch.softmax(x @ w.t() + b, dim=1)
+    resid = p - torch.nn.functional.one_hot(y, p.shape[1]).to(p.dtype)
+    grad_w = resid.t() @ x / n
+    grad_norm = (grad_w.pow(2).sum(1) + (resid.sum(0) / n).pow(2)).sqrt()
+    sq_norm = x.pow(2).sum(1) + 1.0
+    hess_trace = (p * (1 - p)).t() @ sq_norm / n
+    return grad_norm.cpu().numpy(), hess_trace.cpu().numpy()
+
+
+def loglog_slope(freq: np.ndarray, values: np.ndarray) -> float:
+    """Least-squares slope of log(values) against log(freq)."""
+    return float(np.polyfit(np.log(freq), np.log(values), 1)[0])
+
+
+# ------------------------------------------------------ bigram model on real text
+
+
+@dataclass
+class Bigrams:
+    """Previous/next token ids of a text with a capped vocabulary (last id = unknown)."""
+
+    prev: torch.Tensor
+    nxt: torch.Tensor
+    vocab: list[str]
+    counts: torch.Tensor  # occurrences of each id as a next token
+
+
+def build_bigrams(tokens: Sequence[str], vocab_cap: int) -> Bigrams:
+    """Map tokens to the vocab_cap most frequent types plus one unknown id; pair each with its successor."""
+    types, inverse, freq = np.unique(np.asarray(tokens), return_inverse=True, return_counts=True)
+    order = np.lexsort((types, -freq))  # by frequency, ties alphabetical
+    rank = np.empty(len(types), dtype=np.int64)
+    rank[order] = np.arange(len(types))
+    ids = torch.from_numpy(np.minimum(rank[inverse], vocab_cap))
+    vocab = [str(t) for t in types[order[:vocab_cap]]] + ["<unknown>"]
+    nxt = ids[1:].clone()
+    return Bigrams(ids[:-1].clone(), nxt, vocab, torch.bincount(nxt, minlength=vocab_cap + 1))
+
+
+def text_groups(counts: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Equal-mass frequency groups of the known token types; the unknown id (last) gets group n_groups."""
+    groups = equal_mass_groups(counts[:-1], n_groups)
+    return torch.cat([groups, torch.tensor([n_groups])])
+
+
+def bigram_losses(
+    w: torch.Tensor,
+    b: torch.Tensor,
+    pairs: torch.Tensor,
+    pair_counts: torch.Tensor,
+    chunk: int = 512,
+) -> torch.Tensor:
+    """Loss of every distinct (prev, next) pair under every run, (R, P); rows of W in chunks.
+
+    The model's logits depend only on the previous token, so the full-data loss needs the
+    log-normaliser of each vocabulary row once, not one row of logits per token.
+    """
+    r, v, _ = w.shape
+    lse = torch.empty(r, v, device=w.device)
+    for s in range(0, v, chunk):
+        lse[:, s : s + chunk] = torch.logsumexp(w[:, s : s + chunk] + b.unsqueeze(1), dim=2)
+    a, z = pairs[:, 0], pairs[:, 1]
+    return lse[:, a] - w[:, a, z] - b[:, z]
+
+
+def bigram_grads(
+    w: torch.Tensor, b: torch.Tensor, a: torch.Tensor, z: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """Gradient of the mean loss of the pairs (a -> z) for W (written into ``out``) and b (returned).
+
+    Only the rows of W of the previous tokens in the batch get a gradient (index_add).
+    """
+    g = torch.softmax(w[:, a] + b.unsqueeze(1), dim=2)  # (R, B, V)
+    g[:, torch.arange(a.numel(), device=a.device), z] -= 1.0
+    g /= a.numel()
+    out.zero_().index_add_(1, a, g)
+    return g.sum(1)
+
+
+def train_bigram_stack(
+    data: Bigrams,
+    groups: torch.Tensor,
+    n_groups: int,
+    kinds: Sequence[str],
+    lrs: Sequence[float],
+    steps: int,
+    batch: int,
+    seed: int,
+    eval_every: int,
+    device: torch.device | str = "cpu",
+) -> Trace:
+    """Minibatch training of stacked bigram softmax models W[prev] + b, W (R, V, V), from zero.
+
+    The loss on the whole text, per group of next tokens, is evaluated every eval_every steps.
+    """
+    v, r = len(data.vocab), len(kinds)
+    prev, nxt = data.prev.to(device), data.nxt.to(device)
+    pairs, pair_counts = torch.unique(torch.stack([prev, nxt], 1), dim=0, return_counts=True)
+    pair_counts = pair_counts.to(torch.float32)
+    pair_group = groups.to(device)[pairs[:, 1]]
+    mass = torch.zeros(n_groups, device=device).index_add_(0, pair_group, pair_counts)
+    w = torch.zeros(r, v, v, device=device)
+    b = torch.zeros(r, v, device=device)
+    gw = torch.zeros_like(w)
+    opt = StackedOptimizer([w, b], [0, 0], list(kinds), list(lrs))
+    gen = torch.Generator(device=device).manual_seed(seed)
+    rec_steps, group_hist, overall = [], [], []
+    for t in range(steps + 1):
+        if t % eval_every == 0 or t == steps:
+            pl = bigram_losses(w, b, pairs, pair_counts) * pair_counts
+            sums = torch.zeros(r, n_groups, device=device).index_add_(1, pair_group, pl)
+            rec_steps.append(t)
+            group_hist.append((sums / mass).cpu())
+            overall.append((pl.sum(1) / pair_counts.sum()).cpu())
+        if t == steps:
+            break
+        idx = torch.randint(0, prev.numel(), (batch,), generator=gen, device=device)
+        gb = bigram_grads(w, b, prev[idx], nxt[idx], out=gw)
+        opt.step([gw, gb])
+    class_loss = np.full((r, v), np.nan)
+    return Trace(
+        list(kinds),
+        [float(x) for x in lrs],
+        np.array(rec_steps),
+        torch.stack(group_hist).numpy(),
+        torch.stack(overall).numpy(),
+        class_loss,
+    )
+
+
+# ------------------------------------------------------------------ grids of runs
+
+
+def grid_runs(grid: dict[str, Sequence[float]]) -> tuple[list[str], list[float]]:
+    """Flatten {kind: [log10 learning rates]} into per-run kinds and learning rates (kinds contiguous)."""
+    kinds = [k for k, exps in grid.items() for _ in exps]
+    lrs = [10.0**e for exps in grid.values() for e in exps]
+    return kinds, lrs
+
+
+def run_grid(
+    m: int,
+    steps: int,
+    seeds: Sequence[int],
+    grid: dict[str, Sequence[float]],
+    device: torch.device | str = "cpu",
+    centred: bool = False,
+    weighted: bool = False,
+    record_every: int = 1,
+    max_stack: int = 64,
+) -> list[Trace]:
+    """Train every (kind, learning rate) of the grid for each seed, stacking up to max_stack runs per model.
+
+    As in the authors' code the seed fixes both the data and the initialisation.
+    """
+    kinds, lrs = grid_runs(grid)
+    y = make_labels(m, device)
+    tiers = class_tiers(m).to(device)[y]
+    c = sizes(m)[1]
+    sample_w = sqrt_class_weights(y, c) if weighted else None
+    traces = []
+    for s in seeds:
+        x = make_inputs(m, s, device, centred)
+        parts = [
+            train_stack(
+                x,
+                y,
+                tiers,
+                m,
+                kinds[i : i + max_stack],
+                lrs[i : i + max_stack],
+                steps,
+                s,
+                sample_w,
+                record_every,
+            )
+            for i in range(0, len(kinds), max_stack)
+        ]
+        traces.append(concat_traces(parts))
+        del x
+    return traces
+
+
+def concat_traces(parts: Sequence[Trace]) -> Trace:
+    """Join traces of disjoint runs recorded at the same steps into one."""
+    if len(parts) == 1:
+        return parts[0]
+    return Trace(
+        sum((p.kinds for p in parts), []),
+        sum((p.lrs for p in parts), []),
+        parts[0].steps,
+        np.concatenate([p.group_loss for p in parts], 1),
+        np.concatenate([p.loss for p in parts], 1),
+        np.concatenate([p.class_loss for p in parts], 0),
+    )
+
+
+def select_per_kind(traces: Sequence[Trace], at: int = -1) -> dict[str, dict]:
+    """Apply the selection rule per optimizer kind: worst seed's loss at record ``at``, divergence = no progress.
+
+    Returns {kind: {"exps", "worst", "best" (index into the runs of that kind), "runs" (run indices)}}.
+    """
+    kinds = traces[0].kinds
+    final = np.stack([t.loss[at] for t in traces])  # (seeds, runs)
+    initial = np.stack([t.loss[0] for t in traces])
+    out = {}
+    for kind in dict.fromkeys(kinds):
+        runs = [i for i, k in enumerate(kinds) if k == kind]
+        best, worst = select_lr(final[:, runs], initial[:, runs].max(axis=1))
+        exps = [math.log10(traces[0].lrs[i]) for i in runs]
+        out[kind] = {
+            "exps": exps,
+            "worst": worst,
+            "best": best,
+            "runs": runs,
+            "run": runs[best],
+            "exp": exps[best],
+        }
+    return out
+
+
+def rare_half_loss(class_loss: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Sample-weighted mean loss of the rarer half of the classes (by frequency), per run."""
+    order = np.argsort(-np.asarray(counts), kind="stable")
+    rare = order[len(order) // 2 :]
+    wts = np.asarray(counts, dtype=float)[rare]
+    return class_loss[..., rare] @ wts / wts.sum()

