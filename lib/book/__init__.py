@@ -1,1 +1,2 @@
-"""The book's machinery: runner, site, profiles, records and verdicts, statistics, chapter API. No science."""
+"""The book's machinery: runner, site, profiles, records and verdicts, statistics,
+chapter API. No science."""

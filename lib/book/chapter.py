@@ -45,7 +45,8 @@ class ChapterRun:
         vers = ", ".join(f"{k} {v}" for k, v in repro.versions().items())
         lines = [
             f"chapter {self.name} | profile {self.profile} | seed {self.seed}",
-            f"device {self.device} | torch threads {torch.get_num_threads()} | git {repro.git_revision()}",
+            f"device {self.device} | torch threads {torch.get_num_threads()} "
+            f"| git {repro.git_revision()}",
             *textwrap.wrap(f"parameters: {shown}", 88, subsequent_indent="  "),
             *textwrap.wrap(f"versions: {vers}", 88, subsequent_indent="  "),
         ]
@@ -75,7 +76,8 @@ class ChapterRun:
 
 
 def start(name: str, namespace: dict[str, Any]) -> ChapterRun:
-    """Validate the notebook's parameters (found in ``namespace``), seed, style, print the run card."""
+    """Validate the notebook's parameters (found in ``namespace``), seed, set the style and
+    print the run card."""
     chapter = profiles.get(name)
     profile = namespace.get("profile", profiles.DEFAULT_PROFILE)
     missing = [k for k in chapter.params if k not in namespace]

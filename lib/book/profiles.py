@@ -1,4 +1,4 @@
-"""Per-chapter parameter specs, profiles and record criteria, read from ``book/chapters/NN_name.yml``.
+"""Per-chapter parameter specs, profiles and record criteria, from ``book/chapters/NN_name.yml``.
 
 One YAML file beside each notebook declares every parameter (type, default, range, help),
 the profiles ``smoke``/``book``/``paper`` as overrides of the defaults, and the criteria of
@@ -119,7 +119,8 @@ def get(name: str, directory: Path = CHAPTERS_DIR) -> Chapter:
 
 
 def coerce(chapter: Chapter, key: str, value: Any) -> Any:
-    """Convert a value (a string from the command line, or a literal) to the parameter's type and check its range."""
+    """Convert a value (a command-line string, or a literal) to the parameter's type and
+    check its range."""
     if key not in chapter.params:
         raise ParameterError(
             f"{chapter.name}: unknown parameter {key!r}. Valid parameters:\n" + chapter.describe()

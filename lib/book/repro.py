@@ -31,7 +31,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def thread_env(threads: int = 1) -> dict[str, str]:
-    """Environment variables that fix the number of intra-op threads (set before a kernel starts)."""
+    """Environment variables fixing the number of intra-op threads (set before a kernel starts)."""
     return {var: str(threads) for var in THREAD_VARS}
 
 

@@ -10,6 +10,7 @@ complete; a failed notebook is kept under ``<build>/failed/`` for diagnosis only
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -51,9 +52,12 @@ class Outcome:
         held = sum(c["holds"] for c in claims)
         flag = "ok     " if held == len(claims) else "CLAIMS "
         label = "cached " if self.status == "cached" else flag
+        verdicts = [f["verdict"] for f in self.record["findings"]]
+        counts = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts))
         return (
             f"{label} {self.chapter:28} {self.record['wall_s']:7.1f} s  "
-            f"claims {held}/{len(claims)} hold  profile {self.record['profile']}"
+            f"checks+claims {held}/{len(claims)} hold  findings: {counts or 'none'}  "
+            f"profile {self.record['profile']}"
         )
 
 
@@ -61,13 +65,60 @@ def _digest_file(h: "hashlib._Hash", path: Path, label: str) -> None:
     h.update(label.encode() + b"\0" + path.read_bytes() + b"\0")
 
 
+def _module_file(module: str, lib_dir: Path) -> Path | None:
+    """The source file of a ``lib`` module name, or None when it is not a module of ``lib``."""
+    parts = module.split(".")
+    if parts[0] != "lib":
+        return None
+    base = lib_dir.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(source: str) -> set[str]:
+    """Names of the modules an import statement anywhere in ``source`` may load
+    (``from a.b import c`` may load ``a.b`` and ``a.b.c``; parent packages load too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    for name in list(found):
+        parts = name.split(".")
+        found.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return found
+
+
+def lib_sources(notebook: Path, lib_dir: Path | None = None) -> list[Path]:
+    """The ``lib`` source files a chapter's notebook imports, transitively (sorted)."""
+    lib_dir = lib_dir or LIB_DIR
+    nb = nbformat.read(notebook, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    code = "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!")))
+    todo, seen = list(_imported_modules(code)), {}
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen[name] = _module_file(name, lib_dir)
+        if seen[name] is not None:
+            todo.extend(_imported_modules(seen[name].read_text(encoding="utf-8")))
+    return sorted({f for f in seen.values() if f is not None})
+
+
 def cache_key(chapter: profiles.Chapter, params: dict[str, Any]) -> str:
-    """sha256 over everything the chapter's output depends on."""
+    """sha256 over everything the chapter's output depends on: its notebook, spec and
+    parameters, the ``lib`` modules it imports (transitively), its data files and the
+    installed packages. Editing one chapter's module leaves the others' keys alone."""
     h = hashlib.sha256()
     _digest_file(h, chapter.notebook, "notebook")
     _digest_file(h, chapter.spec_file, "spec")
     h.update(json.dumps(params, sort_keys=True).encode())
-    for src in sorted(LIB_DIR.rglob("*.py")):
+    for src in lib_sources(chapter.notebook):
         _digest_file(h, src, str(src.relative_to(LIB_DIR)))
     for name in chapter.data:
         for f in data.dataset_files(name):
@@ -86,7 +137,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 def read_records(nb: nbformat.NotebookNode) -> dict[str, Any]:
     """Claims, findings and headline that ``ch.show_claims()`` left in the outputs."""
-    found = {"claims": [], "findings": [], "headline": None}
+    found = {"claims": [], "findings": [], "adequacy": [], "headline": None}
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             rec = out.get("metadata", {}).get(METADATA_KEY)
@@ -106,18 +157,28 @@ def cell_failure(nb_path: Path) -> str:
                 tb = _ANSI.sub("", "\n".join(out.get("traceback", [])))
                 source = "\n".join("    " + line for line in cell.source.splitlines()[:8])
                 return (
-                    f"cell {index} of {len(own)} (execution count {cell.get('execution_count')}) raised "
-                    f"{out.get('ename')}: {out.get('evalue')}\n  source:\n{source}\n  traceback:\n{tb}"
+                    f"cell {index} of {len(own)} (execution count "
+                    f"{cell.get('execution_count')}) raised {out.get('ename')}: "
+                    f"{out.get('evalue')}\n  source:\n{source}\n  traceback:\n{tb}"
                 )
     return "no cell error recorded (the kernel may have died or timed out)"
 
 
 def _tidy(nb: nbformat.NotebookNode) -> None:
-    """Hide papermill's injected-parameters cell on the page (the run card shows the values)."""
+    """Shape the page: papermill's injected-parameters cell removed (the run card shows the
+    values), the parameters cell and the run card collapsed behind a toggle."""
     for cell in nb.cells:
-        tags = cell.metadata.get("tags", [])
-        if "injected-parameters" in tags and "remove-cell" not in tags:
-            tags.append("remove-cell")
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags:
+            want = "remove-cell"
+        elif "parameters" in tags:
+            want = "hide-cell"
+        elif cell.cell_type == "code" and "lib.start(" in cell.source:
+            want = "hide-output"
+        else:
+            continue
+        if want not in tags:
+            tags.append(want)
 
 
 def execute(

@@ -18,7 +18,8 @@ import yaml
 
 from lib.book import profiles
 from lib.book.paths import BOOK_DIR, ROOT, build_dir, executed_dir
-from lib.book.records import fmt
+from lib.book.records import fmt, fmt_ci
+from lib.book.verdicts import VERDICTS
 
 GENERATED = "_generated"
 
@@ -68,7 +69,8 @@ def load_records() -> dict[str, dict[str, Any]]:
 def papers_table(
     records: dict[str, dict[str, Any]], papers_file: Path = BOOK_DIR / "papers.yml"
 ) -> str:
-    """Markdown table of every seed paper: chapter, status and headline number beside the paper's."""
+    """Markdown table of every seed paper: chapter, headline verdict and number beside the
+    paper's, and the counts of each verdict among the chapter's findings."""
     papers = yaml.safe_load(papers_file.read_text())
     toc = {profiles.chapter_name(Path(e).name): e for e in toc_chapters()}
     out = []
@@ -79,8 +81,9 @@ def papers_table(
         out += [
             f"**{caption}**",
             "",
-            "| paper | chapter | status | headline (here) | paper's number |",
-            "|---|---|---|---|---|",
+            "| paper | chapter | headline verdict | headline (here, 95 % interval) "
+            "| paper's number | findings: reproduced / partly / not / inconclusive |",
+            "|---|---|---|---|---|---|",
         ]
         for p in papers[list_name]:
             names = [a.strip() for a in p["authors"].replace(" and ", ", ").split(",")]
@@ -96,16 +99,23 @@ def papers_table(
                 head = rec.get("headline") or {}
                 link = f"[{rec.get('title', name)}]({Path(toc[name]).relative_to('book')}.ipynb)"
                 status = head.get("verdict", "not stated")
-                here = f"{head.get('text', '')}: {fmt(head.get('value'))}" if head else "-"
+                here = (f"{head.get('text', '')}: {fmt(head.get('value'))} "
+                        f"{fmt_ci(head.get('ci'))}") if head else "-"
                 paper = fmt(head.get("paper_value")) if head else "-"
-                row = [cite, link, status, here, paper]
+                row = [cite, link, status, here, paper, verdict_counts(rec)]
             else:
                 status = p.get("status", "planned")
                 reason = p.get("reason") or f"chapter `{name}` is being written"
-                row = [cite, f"none yet: {reason}", status, "-", "-"]
+                row = [cite, f"none yet: {reason}", status, "-", "-", "-"]
             out.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def verdict_counts(record: dict[str, Any]) -> str:
+    """``r / p / n / i``: how many of a run's findings got each verdict."""
+    got = [f["verdict"] for f in record.get("findings", [])]
+    return " / ".join(str(got.count(v)) for v in VERDICTS)
 
 
 def status_page(records: dict[str, dict[str, Any]]) -> str:
@@ -115,16 +125,20 @@ def status_page(records: dict[str, dict[str, Any]]) -> str:
         "",
         "Generated at build time from the runner's records (`_build/executed/*.json`).",
         "",
-        "| chapter | profile | wall time (s) | claims held | findings | git revision | cache key | started (UTC) |",
-        "|---|---|---:|---:|---:|---|---|---|",
+        "| chapter | profile | wall time (s) | checks and claims held | budget adequate "
+        "| findings r / p / n / i | git revision | cache key | started (UTC) |",
+        "|---|---|---:|---:|---:|---:|---|---|---|",
     ]
     total = 0.0
     for name, rec in records.items():
         held = sum(c["holds"] for c in rec["claims"])
+        adequacy = rec.get("adequacy") or []
+        ok = sum(a["holds"] for a in adequacy)
         total += rec["wall_s"]
         lines.append(
-            f"| {name} | {rec['profile']} | {rec['wall_s']:.1f} | {held}/{len(rec['claims'])} | "
-            f"{len(rec['findings'])} | `{rec['git_revision']}` | `{rec['cache_key']}` | {rec['started_at']} |"
+            f"| {name} | {rec['profile']} | {rec['wall_s']:.1f} | {held}/{len(rec['claims'])} "
+            f"| {ok}/{len(adequacy)} | {verdict_counts(rec)} | `{rec['git_revision']}` "
+            f"| `{rec['cache_key']}` | {rec['started_at']} |"
         )
     lines += ["", f"Total execution time of the book: {total:.1f} s.", ""]
     for name, rec in records.items():

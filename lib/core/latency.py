@@ -126,3 +126,18 @@ def peak_bytes(fn: Callable[[], object], base: int = 0) -> int:
             result = fn()
         del result
     return mode.peak
+
+
+def speedup(
+    base: np.ndarray, other: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, tuple[float, float]]:
+    """Speed-up of ``other`` over ``base`` as the ratio of median call times (base / other),
+    with a percentile bootstrap interval: each sample of timed calls resampled on its own."""
+    base, other = np.asarray(base, float), np.asarray(other, float)
+    if len(base) < 1 or len(other) < 1:
+        raise ValueError("need at least one timed call on each side")
+    rng = np.random.default_rng(seed)
+    b = np.median(base[rng.integers(0, len(base), (n_boot, len(base)))], axis=1)
+    o = np.median(other[rng.integers(0, len(other), (n_boot, len(other)))], axis=1)
+    lo, hi = np.quantile(b / o, [(1 - level) / 2, (1 + level) / 2])
+    return float(np.median(base) / np.median(other)), (float(lo), float(hi))

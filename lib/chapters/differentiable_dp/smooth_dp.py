@@ -549,25 +549,50 @@ def barycenter_study(
     """Class centroids by Euclidean mean and by entropy / l2 soft-DTW barycenters, and how they score.
 
     Scores: the DTW inertia (mean hard DTW discrepancy of training series to their class
-    centroid) and the test accuracy of a nearest-centroid classifier under hard DTW.
+    centroid; per series in ``own``) and the test accuracy of a nearest-centroid classifier
+    under hard DTW (per test series in ``correct``). For the barycenters, ``objective`` holds
+    per class the mean soft-DTW objective at the start (the Euclidean mean) and at the end.
     """
     classes = np.unique(y_tr)
     euclid = torch.stack([x_tr[y_tr == c].mean(0) for c in classes])
     cents = {"Euclidean mean": euclid}
+    objective = {}
     for reg in ("entropy", "l2"):
-        cents[f"soft-DTW ({reg})"] = torch.stack(
+        name = f"soft-DTW ({reg})"
+        cents[name] = torch.stack(
             [
                 barycenter(x_tr[y_tr == c], gamma, reg, euclid[i], iters)[0]
                 for i, c in enumerate(classes)
             ]
         )
+        objective[name] = [
+            [barycenter_objective(x_tr[y_tr == c], z[i], gamma, reg) for z in (euclid, cents[name])]
+            for i, c in enumerate(classes)
+        ]
     own = np.searchsorted(classes, y_tr)
     out = {}
     for name, cent in cents.items():
         d_tr, d_te = dtw_cdist(x_tr, cent), dtw_cdist(x_te, cent)
+        per_series = d_tr[np.arange(len(y_tr)), own].numpy()
+        correct = classes[d_te.argmin(1).numpy()] == y_te
         out[name] = {
             "centroids": cent,
-            "inertia": float(d_tr[np.arange(len(y_tr)), own].mean()),
-            "accuracy": float((classes[d_te.argmin(1).numpy()] == y_te).mean()),
+            "own": per_series,
+            "inertia": float(per_series.mean()),
+            "correct": correct,
+            "accuracy": float(correct.mean()),
+            "objective": objective.get(name),
         }
     return out
+
+
+def barycenter_objective(series: Tensor, z: Tensor, gamma: float, reg: str) -> float:
+    """Mean soft-DTW_Omega(z, x_k) over a set of series: what :func:`barycenter` minimises."""
+    return float(soft_dtw(z[None].expand(series.shape[0], -1, -1), series, gamma, reg).mean())
+
+
+def alignment_nonzeros(theta: Tensor, gamma: float, reg: str) -> np.ndarray:
+    """Per pair of a batch of grids (B, n, m): the fraction of exactly non-zero entries of the
+    DTW_Omega alignment (the gradient)."""
+    _, grad = dtw_value_and_grad(theta, gamma, reg)
+    return (grad > 0).double().mean((1, 2)).numpy()

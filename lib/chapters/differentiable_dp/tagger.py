@@ -8,7 +8,6 @@ entropy, a sparse analogue when Omega is the squared l2 norm), as in Mensch & Bl
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lib.chapters.differentiable_dp import smooth_dp
+from lib.core.train import correct_items, fit
 
 Sentence = tuple[list[str], list[str]]
 UPOS = [
@@ -172,22 +172,31 @@ def predict(model: WindowTagger, batch: Batch, kind: str) -> Tensor:
 
 
 @torch.no_grad()
-def marginal_density(model: WindowTagger, batch: Batch, kind: str, gamma: float) -> float:
-    """Fraction of exactly non-zero unary tag marginals over real tokens (sparsity of Vit_Omega)."""
+def marginal_nonzeros(model: WindowTagger, batch: Batch, kind: str, gamma: float) -> np.ndarray:
+    """Per real token, the fraction of tags whose unary marginal is exactly non-zero (sparsity
+    of Vit_Omega's gradient), in the order of :func:`correct_tokens`."""
     theta = model.potentials(batch).double()  # float64 so that tiny marginals do not underflow
     _, marg = smooth_dp.viterbi_marginals(theta, gamma, kind, batch.mask)
-    unary = marg.sum(-1)[batch.mask]
-    return float((unary > 0).double().mean())
+    return (marg.sum(-1) > 0).double().mean(-1)[batch.mask].cpu().numpy()
 
 
-def accuracy(model: WindowTagger, test: list[Batch], kind: str) -> float:
-    """Token accuracy over padded test batches."""
-    hit = tot = 0
-    for b in test:
-        pred = predict(model, b, kind)
-        hit += int(((pred == b.tags) & b.mask).sum())
-        tot += int(b.mask.sum())
-    return hit / tot
+def correct_tokens(model: WindowTagger, test: list[Batch], kind: str) -> np.ndarray:
+    """Per-token correctness (bool) over padded test batches, sentence by sentence."""
+    return correct_items(
+        lambda b: predict(model, b, kind), test, lambda b: b.tags, lambda b: b.mask
+    )
+
+
+def test_batches(test_sents: list[Sentence], vocab: Vocab, device="cpu") -> list[Batch]:
+    """The test set as padded batches of 256 length-sorted sentences (a fixed order)."""
+    return [encode(g, vocab, device) for g in batches(test_sents, 256, None)]
+
+
+def token_sentences(test_sents: list[Sentence]) -> np.ndarray:
+    """Sentence id of every test token, in the order of :func:`correct_tokens` (for the
+    bootstrap over sentences)."""
+    order = sorted(range(len(test_sents)), key=lambda i: len(test_sents[i][0]))
+    return np.repeat(np.array(order), [len(test_sents[i][0]) for i in order])
 
 
 def train(
@@ -201,28 +210,49 @@ def train(
     batch_size: int,
     seed: int,
     device: torch.device | str = "cpu",
-) -> dict[str, float | list[float]]:
-    """Train one tagger; return test accuracy per epoch, marginal density and wall time."""
+) -> dict[str, object]:
+    """Train one tagger with :func:`lib.core.train.fit` (Adam, shuffled length-sorted batches,
+    the test accuracy after every epoch); return the accuracies per epoch, the per-token
+    correctness of the final model, its marginal non-zeros per token (structured losses) and
+    the wall time."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = WindowTagger(vocab).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    test = [encode(g, vocab, device) for g in batches(test_sents, 256, None)]
-    accs, t0 = [], time.perf_counter()
-    for _ in range(epochs):
-        model.train()
-        for group in batches(train_sents, batch_size, rng):
-            opt.zero_grad()
-            loss_fn(model, encode(group, vocab, device), kind, gamma).backward()
-            opt.step()
-        model.eval()
-        accs.append(accuracy(model, test, kind))
-    density = (
-        float("nan")
-        if kind == "softmax"
-        else float(np.mean([marginal_density(model, b, kind, gamma) for b in test]))
+    test = test_batches(test_sents, vocab, device)
+    n_batches = -(-len(train_sents) // batch_size)
+    epoch: list[list[Sentence]] = []
+    accs: list[float] = []
+
+    def next_batch(t: int) -> Batch:
+        if t % n_batches == 0:  # a new epoch: shuffle the batches (same draws as before)
+            epoch[:] = batches(train_sents, batch_size, rng)
+        return encode(epoch[t % n_batches], vocab, device)
+
+    def after_step(t: int) -> None:
+        if (t + 1) % n_batches == 0:  # end of an epoch: score on test, then train on
+            model.eval()
+            accs.append(float(correct_tokens(model, test, kind).mean()))
+            model.train()
+
+    log = fit(
+        model,
+        next_batch,
+        lambda m, b: loss_fn(m, b, kind, gamma),
+        epochs * n_batches,
+        lambda params: torch.optim.Adam(params, lr=lr),
+        after_step=after_step,
     )
-    return {"acc": accs, "density": density, "seconds": time.perf_counter() - t0}
+    nonzeros = (
+        None
+        if kind == "softmax"
+        else np.concatenate([marginal_nonzeros(model, b, kind, gamma) for b in test])
+    )
+    return {
+        "acc": accs,
+        "correct": correct_tokens(model, test, kind),
+        "nonzeros": nonzeros,
+        "seconds": log["seconds"],
+    }
 
 
 def study(
@@ -236,7 +266,8 @@ def study(
     repeats: int,
     device: torch.device | str = "cpu",
 ) -> dict[str, list[dict]]:
-    """Train every loss kind `repeats` times (seeds seed, seed+1, ...) on the same data."""
+    """Train every loss kind `repeats` times (seeds seed, seed+1, ...) on the same data; every
+    arm is scored on the same test tokens, so comparisons between arms are paired."""
     vocab = build_vocab(train_sents, UPOS)
     return {
         kind: [

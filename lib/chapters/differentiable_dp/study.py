@@ -1,0 +1,116 @@
+"""The chapter's estimates: per-item results of smooth_dp and tagger turned into the numbers
+its records carry, with their intervals (lib.book.stats), and the text that quotes verdicts.
+
+Every interval here is a bootstrap over the items the result is measured on: random-walk
+pairs (sparsity), Trace series (barycenters) or test sentences (tagger, tokens grouped by
+sentence), and over seeds where there are several. Arms scored on the same items are paired.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from lib.book import stats
+from lib.book.stats import Estimate
+from lib.chapters.differentiable_dp import smooth_dp as sd
+
+STRUCTURED = ("entropy", "l2")
+
+
+# ---------------------------------------------------------------------------- sparsity
+def alignment_sparsity(cost, gamma: float, reg: str) -> Estimate:
+    """Mean fraction of exact non-zeros of the DTW_Omega alignment over the pairs of ``cost``
+    (B, n, m), with a bootstrap interval over the pairs (one data draw, so one "seed")."""
+    return stats.bootstrap_items(sd.alignment_nonzeros(-cost, gamma, reg)[None])
+
+
+def l2_never_denser(dens: pd.DataFrame) -> bool:
+    """Whether l2's density is at most entropy's at every gamma of the grid, in every column
+    (DTW alignments and Viterbi marginals) of the density table."""
+    cols = [c for c in dens.columns if c not in ("gamma", "reg")]
+    l2 = dens[dens.reg == "l2"].set_index("gamma")[cols]
+    ent = dens[dens.reg == "entropy"].set_index("gamma")[cols]
+    return bool((l2 <= ent).to_numpy().all())
+
+
+# ---------------------------------------------------------------------------- barycenters
+def barycenters_descend(bary: dict[str, dict]) -> bool:
+    """Whether L-BFGS ended at or below its start (the Euclidean mean) for every class and
+    both regularisers: the optimiser did its job."""
+    return all(
+        end <= start
+        for res in bary.values()
+        if res["objective"] is not None
+        for start, end in res["objective"]
+    )
+
+
+def inertia_ratio(bary: dict[str, dict], name: str, ref: str = "Euclidean mean") -> Estimate:
+    """DTW inertia of ``name``'s centroids over ``ref``'s (a ratio of means over the same
+    training series), with a paired bootstrap over the series."""
+    rows = np.stack([bary[name]["own"], bary[ref]["own"]], 1)
+    est = stats.bootstrap_statistic(rows, lambda r: r[:, 0].mean() / r[:, 1].mean())
+    return Estimate(est.value, est.ci, 1, est.method + " (paired training series)")
+
+
+def accuracy_gain(bary: dict[str, dict], name: str, ref: str = "Euclidean mean") -> Estimate:
+    """Nearest-centroid test accuracy of ``name`` minus ``ref``, paired over test series."""
+    return stats.bootstrap_items(bary[name]["correct"][None], bary[ref]["correct"][None])
+
+
+# ---------------------------------------------------------------------------- tagger
+def correct(tag_runs: dict[str, list[dict]], kind: str) -> np.ndarray:
+    """Per-token correctness of one loss, seeds x test tokens."""
+    return np.stack([r["correct"] for r in tag_runs[kind]]).astype(float)
+
+
+def final_accuracy(tag_runs: dict[str, list[dict]]) -> dict[str, np.ndarray]:
+    """Final test accuracy per loss and seed."""
+    return {k: correct(tag_runs, k).mean(1) for k in tag_runs}
+
+
+def tag_difference(tag_runs: dict[str, list[dict]], a: str, b: str, groups) -> Estimate:
+    """Test accuracy of loss ``a`` minus ``b`` in points, paired on the same tokens and seed
+    index, with a bootstrap over seeds and over test sentences (tokens grouped)."""
+    diff = 100 * (correct(tag_runs, a) - correct(tag_runs, b))
+    est = stats.bootstrap_groups(diff, groups)
+    return Estimate(est.value, est.ci, est.n_seeds, "paired difference, " + est.method)
+
+
+def tag_marginal_density(tag_runs: dict[str, list[dict]], kind: str, groups) -> Estimate:
+    """Fraction of the tags with an exactly non-zero marginal, per test token, averaged over
+    tokens and seeds, with a bootstrap over seeds and sentences."""
+    return stats.bootstrap_groups(np.stack([r["nonzeros"] for r in tag_runs[kind]]), groups)
+
+
+def last_epoch_change(tag_runs: dict[str, list[dict]]) -> float:
+    """Largest change, in points, of the seed-mean test accuracy over the last epoch among
+    the structured losses (NaN with a single epoch: convergence cannot be judged)."""
+    changes = []
+    for kind in STRUCTURED:
+        curves = np.array([r["acc"] for r in tag_runs[kind]])
+        if curves.shape[1] < 2:
+            return math.nan
+        changes.append(abs(100 * (curves[:, -1] - curves[:, -2]).mean()))
+    return float(max(changes))
+
+
+def majority_margin(tag_runs: dict[str, list[dict]], train_sents, test_sents) -> float:
+    """Lowest final accuracy over structured losses and seeds minus the accuracy of always
+    predicting the most frequent training tag, in points (a collapsed arm gives about 0)."""
+    tags = [t for _, ts in train_sents for t in ts]
+    top = max(set(tags), key=tags.count)
+    base = np.mean([t == top for _, ts in test_sents for t in ts])
+    acc = final_accuracy(tag_runs)
+    return float(100 * (min(acc[k].min() for k in STRUCTURED) - base))
+
+
+# ---------------------------------------------------------------------------- prose
+def verdict_phrase(findings: list[dict], name: str) -> str:
+    """'verdict' of a recorded finding, with its estimate and interval, for glued prose."""
+    r = next(f for f in findings if f["name"] == name)
+    ci = "" if r["ci"] is None else f" [{r['ci'][0]:.3g}, {r['ci'][1]:.3g}]"
+    return f"**{r['verdict']}** ({r['value']:.3g}{ci})"
