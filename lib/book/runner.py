@@ -191,6 +191,7 @@ def execute(
 ) -> Outcome:
     """Execute one chapter (or reuse its cached output) and return what happened."""
     import papermill
+    from traitlets.config import Config
 
     out_dir = executed_dir()
     out_nb = out_dir / f"{chapter.name}.ipynb"
@@ -228,6 +229,10 @@ def execute(
             progress_bar=bar,
             cwd=str(chapter.notebook.parent),
             execution_timeout=CELL_TIMEOUT_S,
+            # jupyter_client provisions CurveZMQ keys, so the kernel's sockets are encrypted
+            # (ipykernel's kernelspec declares curve support); papermill hands `config` to
+            # nbclient, which gives it to the kernel manager it creates
+            config=Config(KernelManager={"transport_encryption": "required"}),
         )
     except Exception as exc:  # papermill's execution error, a dead kernel, a timeout
         wall = time.perf_counter() - t0
@@ -275,7 +280,8 @@ def run_chapters(
     jobs: int = 1,
     use_cache: bool = True,
 ) -> list[Outcome]:
-    """Validate every chapter's parameters first, then execute them (``jobs`` at a time)."""
+    """Validate every chapter's parameters and data first, then execute them (``jobs`` at a
+    time, the longest first by their last recorded wall times); outcomes in the given order."""
     known = profiles.chapters()
     selected = [profiles.get(n) for n in names] if names else list(known.values())
     if not selected:
@@ -289,13 +295,23 @@ def run_chapters(
         mine = {k: v for k, v in overrides.items() if k in chapter.params}
         params = profiles.resolve(chapter, profile, mine)
         for name in chapter.data:  # missing data is reported before anything runs
-            data.path(name)
+            data.require(name)
         plans.append((chapter.name, params, use_cache))
     if jobs <= 1 or len(plans) == 1:
         return [execute(profiles.get(n), p, use_cache=c, position=0) for n, p, c in plans]
+
+    def last_wall(name: str) -> float:
+        """Wall time of the chapter's last recorded run; one never run counts as the longest."""
+        try:
+            return float(json.loads((executed_dir() / f"{name}.json").read_text())["wall_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return float("inf")
+
+    order = sorted(range(len(plans)), key=lambda i: last_wall(plans[i][0]), reverse=True)
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        jobs_args = [(n, p, c, i % jobs) for i, (n, p, c) in enumerate(plans)]
-        return list(pool.map(_execute_job, jobs_args))
+        jobs_args = [(*plans[i], rank % jobs) for rank, i in enumerate(order)]
+        done = dict(zip(order, pool.map(_execute_job, jobs_args)))
+    return [done[i] for i in range(len(plans))]
 
 
 def report(outcomes: list[Outcome]) -> int:

@@ -171,6 +171,9 @@ def stage(records: dict[str, dict[str, Any]]) -> Path:
     gen.mkdir(exist_ok=True)
     (gen / "papers.md").write_text(papers_table(records))
     (render / "book" / "status.md").write_text(status_page(records))
+    from lib.book.sweep import robustness_page  # sweeps: the Robustness page
+
+    (render / "book" / "robustness.md").write_text(robustness_page())
     return render
 
 

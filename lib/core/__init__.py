@@ -1,1 +1,2 @@
-"""What two or more chapters use: data registry, encoders, training loop, pruning, compression, latency, optimizers."""
+"""What two or more chapters use: data registry, encoders, training loop, cached states,
+pruning, compression, latency, optimizers."""

@@ -117,7 +117,8 @@ def prune_neurons(model: nn.Module, pairs: list[tuple[str, str]], fraction: floa
 def qparams(
     lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Affine scale and integer zero point mapping [lo, hi] (widened to contain 0) onto [qmin, qmax]."""
+    """Affine scale and integer zero point mapping [lo, hi] (widened to contain 0) onto [qmin,
+    qmax]."""
     lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
     scale = torch.clamp((hi - lo) / (qmax - qmin), min=1e-8)
     zero = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax)
@@ -127,14 +128,16 @@ def qparams(
 def fake_quant(
     x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int
 ) -> torch.Tensor:
-    """Quantise-dequantise with a straight-through gradient: forward is the int grid, backward the identity."""
+    """Quantise-dequantise with a straight-through gradient: forward is the int grid, backward the
+    identity."""
     q = torch.clamp(torch.round(x / scale) + zero, qmin, qmax)
     y = (q - zero) * scale
     return x + (y - x).detach()
 
 
 def symmetric_scale(w: torch.Tensor) -> torch.Tensor:
-    """Per-tensor symmetric int8 scale max|w| / 127.5 (PyTorch's default weight observer for dynamic int8)."""
+    """Per-tensor symmetric int8 scale max|w| / 127.5 (PyTorch's default weight observer for
+    dynamic int8)."""
     return torch.clamp(w.detach().abs().max() * 2 / 255, min=1e-8)
 
 
@@ -247,7 +250,8 @@ def quantize_static_int8(model: nn.Module, names: list[str], calibrate) -> nn.Mo
 
 
 def low_rank(layer: nn.Linear, rank: int) -> nn.Sequential:
-    """Truncated SVD W ~ (U_r sqrt(S_r)) (sqrt(S_r) V_r^T) as two Linears (rank r, bias on the second)."""
+    """Truncated SVD W ~ (U_r sqrt(S_r)) (sqrt(S_r) V_r^T) as two Linears (rank r, bias on the
+    second)."""
     u, s, vh = torch.linalg.svd(layer.weight.detach(), full_matrices=False)
     root = s[:rank].sqrt()
     first = nn.Linear(layer.in_features, rank, bias=False)
@@ -272,7 +276,8 @@ def low_rank_model(model: nn.Module, names: list[str], ratio: float) -> None:
 
 
 def weight_distance(weights: torch.Tensor) -> torch.Tensor:
-    """Pairwise distance between same-shape layers: 1 - cosine similarity of the flattened weights."""
+    """Pairwise distance between same-shape layers: 1 - cosine similarity of the flattened
+    weights."""
     flat = F.normalize(weights.detach().reshape(weights.shape[0], -1), dim=1)
     return 1.0 - flat @ flat.T
 
@@ -301,7 +306,7 @@ def fuse_layers(model: nn.Module, names: list[str], n_remove: int) -> list[list[
     """Layer fusion: among same-shape layers ``names``, average the most similar ones into one
     shared Parameter (weight and bias), so each group is stored once and trained tied."""
     layers = [get_module(model, n) for n in names]
-    groups = fusion_groups(weight_distance(torch.stack([l.weight for l in layers])), n_remove)
+    groups = fusion_groups(weight_distance(torch.stack([lay.weight for lay in layers])), n_remove)
     for group in groups:
         if len(group) == 1:
             continue
@@ -323,7 +328,8 @@ def fuse_layers(model: nn.Module, names: list[str], n_remove: int) -> list[list[
 
 
 def pack_tensor(t: torch.Tensor) -> dict[str, torch.Tensor]:
-    """A tensor in the smaller of two formats: dense, or bitmask (1 bit per entry) + non-zero values."""
+    """A tensor in the smaller of two formats: dense, or bitmask (1 bit per entry) + non-zero
+    values."""
     flat = t.detach().reshape(-1)
     nz = flat != 0
     sparse_bytes = (flat.numel() + 7) // 8 + int(nz.sum()) * flat.element_size()
@@ -403,7 +409,8 @@ def pack_state(model: nn.Module, skip: tuple[str, ...] = ()) -> dict[str, object
 
 
 def file_bytes(model: nn.Module, skip: tuple[str, ...] = (), path: str | Path | None = None) -> int:
-    """Size in bytes of the file that :func:`pack_state` writes with ``torch.save`` (measured on disk)."""
+    """Size in bytes of the file that :func:`pack_state` writes with ``torch.save`` (measured on
+    disk)."""
     state = pack_state(model, skip)
     if path is not None:
         torch.save(state, path)

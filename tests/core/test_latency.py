@@ -57,3 +57,14 @@ def test_model_bytes_counts_shared_once():
     lin = torch.nn.Linear(100, 100, bias=False)
     model = torch.nn.Sequential(lin, lin)
     assert latency.model_bytes(model) == 100 * 100 * 4
+
+
+def test_speedup_is_the_ratio_of_medians_with_an_interval_around_it():
+    rng = np.random.default_rng(0)
+    base = 2.0 + 0.05 * rng.standard_normal(200)
+    fast = 1.0 + 0.05 * rng.standard_normal(200)
+    ratio, (lo, hi) = latency.speedup(base, fast)
+    assert ratio == np.median(base) / np.median(fast)
+    assert lo < ratio < hi and 1.9 < lo and hi < 2.1
+    same, (lo2, hi2) = latency.speedup(base, base)
+    assert same == 1.0 and lo2 <= 1.0 <= hi2

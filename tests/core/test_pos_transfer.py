@@ -156,3 +156,119 @@ def test_xlmr_code_path_trains_prunes_and_evaluates(tiny_xlmr, tmp_path):
     assert np.mean(log["loss"][-3:]) < np.mean(log["loss"][:3])
     acc, pooled = pt.evaluate(tagger, ex, tok2.pad)
     assert 0.0 <= acc <= 1.0 and pooled.shape == (len(ex), 32)
+
+
+def _reference_train_tagger(tagger, train, cfg, pad, ref=None):
+    """The chapter's own training loop before it moved onto lib.core.train.fit (verbatim but
+    for the log), kept here to prove that the port draws the same numbers."""
+    import torch.nn.functional as F
+
+    g = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    params = [p for p in tagger.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, pt._lr_lambda(cfg))
+    pruner = (
+        pruning.MagnitudePruner(
+            tagger.encoder,
+            cfg.sparsity,
+            start=0,
+            end=int(cfg.prune_end * cfg.steps),
+            every=cfg.prune_every,
+        )
+        if cfg.sparsity > 0
+        else None
+    )
+    order = np.concatenate(
+        [g.permutation(len(train)) for _ in range(cfg.steps * cfg.batch_size // len(train) + 1)]
+    )
+    losses = []
+    tagger.train()
+    for step in range(cfg.steps):
+        if pruner is not None:
+            pruner.step(step)
+        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        b = pt.pad_batch([train[i] for i in idx], pad)
+        logits, h = tagger(b["input_ids"], b["attention_mask"])
+        loss = F.cross_entropy(logits.flatten(0, 1), b["labels"].flatten(), ignore_index=IGN)
+        r = pt._regularizer(tagger, pruner, cfg, ref, None, b, h)
+        opt.zero_grad(set_to_none=True)
+        (loss + cfg.lam * r).backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    if pruner is not None:
+        pruner.step(cfg.steps)
+    tagger.eval()
+    return losses
+
+
+def _tiny_treebank(tok):
+    sents = [
+        (["The", "dog", "barks", "."], ["DET", "NOUN", "VERB", "PUNCT"]),
+        (
+            ["A", "cat", "sleeps", "on", "the", "mat", "."],
+            ["DET", "NOUN", "VERB"] + ["ADP"] + ["DET", "NOUN", "PUNCT"],
+        ),
+        (["Dogs", "run", "."], ["NOUN", "VERB", "PUNCT"]),
+    ] * 4
+    return pt.encode_treebank(tok, sents, max_len=32)
+
+
+@pytest.mark.parametrize(
+    "reg,sparsity,lam",
+    [("none", 0.0, 0.0), ("none", 0.6, 0.0), ("cos", 0.6, 50.0), ("frob", 0.4, 50.0)],
+)
+def test_train_tagger_on_fit_draws_the_same_numbers_as_the_old_loop(tiny_xlmr, reg, sparsity, lam):
+    enc, tok = tiny_xlmr
+    ex = _tiny_treebank(tok)
+    torch.manual_seed(0)
+    tagger = pt.Tagger(enc)
+    pt.freeze_embeddings(tagger)
+    start = {k: v.clone() for k, v in tagger.state_dict().items()}
+    cfg = pt.TrainConfig(
+        steps=9, lr=3e-3, batch_size=4, seed=5, sparsity=sparsity, prune_every=2, reg=reg, lam=lam
+    )
+    ref = pruning.reference_weights(tagger.encoder) if reg != "none" else None
+    old_loss = _reference_train_tagger(tagger, ex, cfg, tok.pad, ref)
+    old = {k: v.clone() for k, v in tagger.state_dict().items()}
+    tagger.load_state_dict(start)
+    log = pt.train_tagger(tagger, ex, cfg, tok.pad, ref=ref)
+    assert log["loss"] == old_loss
+    assert all(torch.equal(old[k], v) for k, v in tagger.state_dict().items())
+    assert len(log["reg"]) == cfg.steps and len(log["total"]) == cfg.steps
+    if reg != "none":
+        assert log["reg"][0] == pytest.approx(0.0, abs=1e-6)  # starts at its reference
+        assert log["total"][-1] == pytest.approx(log["loss"][-1] + lam * log["reg"][-1], rel=1e-5)
+    if sparsity:
+        assert log["final_sparsity"] == pytest.approx(sparsity, abs=1e-4)  # 1/N = 6e-5
+        assert len(log["sparsity"]) == cfg.steps and log["sparsity"][0] == 0.0
+
+
+def test_evaluate_items_counts_every_tagged_word_once_in_input_order(tiny_xlmr):
+    enc, tok = tiny_xlmr
+    ex = _tiny_treebank(tok)[:3]
+    torch.manual_seed(0)
+    tagger = pt.Tagger(enc).eval()
+    out = pt.evaluate_items(tagger, ex, tok.pad, batch_size=2)
+    assert out["words"].tolist() == [4, 7, 3]
+    with torch.no_grad():  # one sentence at a time, no batching: the same counts
+        for i, (ids, labels) in enumerate(ex):
+            b = pt.pad_batch([(ids, labels)], tok.pad)
+            pred = tagger(b["input_ids"], b["attention_mask"])[0].argmax(-1)
+            keep = b["labels"] != IGN
+            assert out["correct"][i] == int((pred == b["labels"])[keep].sum())
+    acc, pooled = pt.evaluate(tagger, ex, tok.pad)
+    assert acc == pytest.approx(out["correct"].sum() / out["words"].sum())
+    assert np.allclose(pooled, out["pooled"], atol=1e-6)
+
+
+def test_retrieval_hits_per_sentence():
+    a = np.eye(3)
+    b = np.array([[1.0, 0.1, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.1]])
+    hits = pt.retrieval_hits(a, b)  # sentence 0 found both ways; 1 and 2 swapped both ways
+    assert hits.tolist() == [1.0, 0.0, 0.0]
+    assert pt.retrieval_accuracy(a, b) == pytest.approx(hits.mean())
+    three = pt.pairwise_retrieval_hits({"x": a, "y": b, "z": a})
+    assert three.tolist() == pytest.approx([1.0, 1 / 3, 1 / 3])
+    assert pt.mean_pairwise_retrieval({"x": a, "y": b, "z": a}) == pytest.approx(three.mean())

@@ -148,7 +148,8 @@ def test_masked_blocks_gradient_to_pruned_entries():
 def test_cross_correlation_loss():
     g = torch.Generator().manual_seed(2)
     z = torch.randn(64, 6, generator=g, dtype=torch.float64)
-    # identical, decorrelated features: diagonal is exactly 1 so only the small off-diagonal part remains
+    # identical, decorrelated features: the diagonal is exactly 1, so only the small
+    # off-diagonal part remains
     q, _ = torch.linalg.qr(z - z.mean(0))
     assert float(pruning.cross_correlation_loss(q, q, off_diag=0.0)) == pytest.approx(
         0.0, abs=1e-10

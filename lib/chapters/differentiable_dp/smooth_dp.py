@@ -100,7 +100,8 @@ def _unskew(s: Tensor, n: int, m: int) -> Tensor:
 def dtw_forward(
     theta: Tensor, gamma: float, reg: str, keep: bool = True
 ) -> tuple[Tensor, Tensor | None]:
-    """DTW_Omega values (B,) of score grids (B, n, m) and, if keep, the local weights (n+m+1, B, n+1, 3)."""
+    """DTW_Omega values (B,) of score grids (B, n, m) and, if keep, the local weights (n+m+1, B,
+    n+1, 3)."""
     b, n, m = theta.shape
     th = _skew(theta)
     neg = torch.full((b, n + 1), -math.inf, dtype=theta.dtype, device=theta.device)
@@ -122,7 +123,8 @@ def dtw_forward(
 
 
 def dtw_backward(q_all: Tensor, n: int, m: int) -> Tensor:
-    """Gradient (B, n, m) of DTW_Omega w.r.t. theta by the backward recursion over anti-diagonals."""
+    """Gradient (B, n, m) of DTW_Omega w.r.t. theta by the backward recursion over
+    anti-diagonals."""
     g = q_all.new_zeros(q_all.shape[:3])
     g[n + m, :, n] = 1.0
     for k in range(n + m, 1, -1):
@@ -151,7 +153,8 @@ class _DTW(torch.autograd.Function):
 
 
 def dtw(theta: Tensor, gamma: float = 1.0, reg: str = "entropy") -> Tensor:
-    """Differentiable DTW_Omega of score grids (B, n, m) -> (B,); its backward is the hand-written recursion."""
+    """Differentiable DTW_Omega of score grids (B, n, m) -> (B,); its backward is the hand-written
+    recursion."""
     if theta.dim() == 2:
         return _DTW.apply(theta[None], gamma, reg)[0]
     return _DTW.apply(theta, gamma, reg)
@@ -171,12 +174,14 @@ def sq_dists(x: Tensor, y: Tensor) -> Tensor:
 
 
 def soft_dtw(x: Tensor, y: Tensor, gamma: float = 1.0, reg: str = "entropy") -> Tensor:
-    """Soft-DTW discrepancy (min form, as tslearn): -DTW_Omega(-D) for series (B, n, d), (B, m, d)."""
+    """Soft-DTW discrepancy (min form, as tslearn): -DTW_Omega(-D) for series (B, n, d), (B, m,
+    d)."""
     return -dtw(-sq_dists(x, y), gamma, reg)
 
 
 def dtw_bounds(n: int, m: int, gamma: float, reg: str) -> tuple[float, float]:
-    """(low, high) offsets with low <= DTW_Omega - DTW_hard <= high (max form), from per-node bounds."""
+    """(low, high) offsets with low <= DTW_Omega - DTW_hard <= high (max form), from per-node
+    bounds."""
     lo_om, hi_om = omega_range(3, gamma, reg)
     if reg == "entropy":  # -Omega in [0, gamma log 3] at each of at most n+m-1 nodes on a path
         return 0.0, -lo_om * (n + m - 1)
@@ -193,7 +198,8 @@ def dtw_bounds(n: int, m: int, gamma: float, reg: str) -> tuple[float, float]:
 def viterbi_forward(
     theta: Tensor, gamma: float, reg: str, mask: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Vit_Omega values (B,) of potentials (B, T, S, S), local weights (B, T, S, S) and final q (B, S)."""
+    """Vit_Omega values (B,) of potentials (B, T, S, S), local weights (B, T, S, S) and final q (B,
+    S)."""
     b, t_len, s, _ = theta.shape
     v = theta[:, 0, :, 0]
     q_all = theta.new_zeros(b, t_len, s, s)
@@ -209,7 +215,8 @@ def viterbi_forward(
 
 
 def viterbi_backward(q_all: Tensor, q_end: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Gradient (B, T, S, S) of Vit_Omega w.r.t. theta: the (sparse) pairwise marginals, by recursion."""
+    """Gradient (B, T, S, S) of Vit_Omega w.r.t. theta: the (sparse) pairwise marginals, by
+    recursion."""
     b, t_len, s, _ = q_all.shape
     grad = q_all.new_zeros(q_all.shape)
     g = q_end
@@ -245,7 +252,8 @@ class _Viterbi(torch.autograd.Function):
 def viterbi(
     theta: Tensor, gamma: float = 1.0, reg: str = "entropy", mask: Tensor | None = None
 ) -> Tensor:
-    """Differentiable Vit_Omega of potentials (B, T, S, S) -> (B,); mask (B, T) marks real positions."""
+    """Differentiable Vit_Omega of potentials (B, T, S, S) -> (B,); mask (B, T) marks real
+    positions."""
     return _Viterbi.apply(theta, gamma, reg, mask)
 
 
@@ -264,13 +272,15 @@ def viterbi_decode(theta: Tensor, mask: Tensor | None = None) -> Tensor:
 
 
 def viterbi_bounds(t_len: int, s: int, gamma: float, reg: str) -> tuple[float, float]:
-    """(low, high) offsets with low <= Vit_Omega - Vit_hard <= high: T max_Omega nodes over S options."""
+    """(low, high) offsets with low <= Vit_Omega - Vit_hard <= high: T max_Omega nodes over S
+    options."""
     lo_om, hi_om = omega_range(s, gamma, reg)
     return -hi_om * t_len, -lo_om * t_len
 
 
 def crf_potentials(emissions: Tensor, trans: Tensor, start: Tensor, end: Tensor) -> Tensor:
-    """Linear-chain CRF scores (B, T, S) + (S, S) transitions i->j -> Viterbi potentials (B, T, S, S)."""
+    """Linear-chain CRF scores (B, T, S) + (S, S) transitions i->j -> Viterbi potentials (B, T, S,
+    S)."""
     theta = emissions[:, :, :, None] + trans.T[None, None]
     theta = theta.clone()
     theta[:, 0, :, 0] = emissions[:, 0] + start
@@ -300,7 +310,8 @@ def dtw_cdist(
 def barycenter(
     series: Tensor, gamma: float, reg: str, init: Tensor, max_iter: int = 50
 ) -> tuple[Tensor, int]:
-    """Series z minimising the mean soft-DTW_Omega(z, x_k) over the set (L-BFGS); returns (z, iterations)."""
+    """Series z minimising the mean soft-DTW_Omega(z, x_k) over the set (L-BFGS); returns (z,
+    iterations)."""
     from scipy.optimize import minimize
 
     shape = init.shape
@@ -343,7 +354,8 @@ def time_dtw(x: Tensor, y: Tensor, gamma: float, reg: str, repeats: int = 3) -> 
 
 
 def time_autograd(x: Tensor, y: Tensor, gamma: float, reg: str, repeats: int = 3) -> float:
-    """Best wall time (s) of value + gradient when autograd records the forward loop (the baseline)."""
+    """Best wall time (s) of value + gradient when autograd records the forward loop (the
+    baseline)."""
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -375,7 +387,8 @@ def time_tslearn(x: Tensor, y: Tensor, gamma: float, repeats: int = 3) -> float:
 
 
 def density(a: Tensor, tol: float = 0.0) -> float:
-    """Fraction of entries larger than tol (by default the exact non-zeros of an alignment or marginals)."""
+    """Fraction of entries larger than tol (by default the exact non-zeros of an alignment or
+    marginals)."""
     return float((a > tol).double().mean())
 
 
@@ -454,7 +467,8 @@ def viterbi_gaps(theta: Tensor, gammas: list[float], reg: str) -> Tensor:
 
 
 def gradient_check_errors(rng: np.random.Generator, gamma: float = 0.5) -> dict[str, float]:
-    """Relative finite-difference errors of the backward recursions, DTW (6x5) and Viterbi (T=5, S=4)."""
+    """Relative finite-difference errors of the backward recursions, DTW (6x5) and Viterbi (T=5,
+    S=4)."""
     theta_d = torch.as_tensor(rng.normal(size=(6, 5)))
     theta_v = torch.as_tensor(rng.normal(size=(5, 4, 4)))
     out = {}
@@ -477,7 +491,8 @@ def bound_study(
     gammas: list[float],
     n_states: int = 8,
 ) -> list[dict[str, object]]:
-    """Gaps DTW_Omega - DTW and Vit_Omega - Vit on random instances, with the bounds, per size and reg.
+    """Gaps DTW_Omega - DTW and Vit_Omega - Vit on random instances, with the bounds, per size and
+    reg.
 
     DTW grids are n = m = size with theta = -squared distances of random walks; Viterbi has
     T = size and n_states states with standard normal potentials times 3.
@@ -536,7 +551,8 @@ def cost_table(
 
 
 def trace_dataset(stride: int = 1) -> tuple[Tensor, np.ndarray, Tensor, np.ndarray]:
-    """UCR Trace (bundled in the tslearn wheel, no download): train/test series (N, L, 1) and labels."""
+    """UCR Trace (bundled in the tslearn wheel, no download): train/test series (N, L, 1) and
+    labels."""
     from tslearn.datasets import CachedDatasets
 
     x_tr, y_tr, x_te, y_te = CachedDatasets().load_dataset("Trace")
@@ -546,7 +562,8 @@ def trace_dataset(stride: int = 1) -> tuple[Tensor, np.ndarray, Tensor, np.ndarr
 def barycenter_study(
     x_tr: Tensor, y_tr, x_te: Tensor, y_te, gamma: float, iters: int
 ) -> dict[str, dict]:
-    """Class centroids by Euclidean mean and by entropy / l2 soft-DTW barycenters, and how they score.
+    """Class centroids by Euclidean mean and by entropy / l2 soft-DTW barycenters, and how they
+    score.
 
     Scores: the DTW inertia (mean hard DTW discrepancy of training series to their class
     centroid; per series in ``own``) and the test accuracy of a nearest-centroid classifier

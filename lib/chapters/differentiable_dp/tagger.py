@@ -59,7 +59,8 @@ def build_vocab(train: list[Sentence], tags: list[str], min_count: int = 2) -> V
 
 
 def _shape(word: str) -> int:
-    """Word-shape class: 0 pad, then capitalised / all caps / digit / punctuation / hyphen / other."""
+    """Word-shape class: 0 pad, then capitalised / all caps / digit / punctuation / hyphen /
+    other."""
     if word.isupper() and len(word) > 1:
         return 2
     if word[:1].isupper():
@@ -137,7 +138,8 @@ class WindowTagger(nn.Module):
         return self.out(h)
 
     def potentials(self, batch: Batch) -> Tensor:
-        """Viterbi potentials theta (B, T, S, S) = unary[t, i] + trans[i, j] (start scores at t = 0)."""
+        """Viterbi potentials theta (B, T, S, S) = unary[t, i] + trans[i, j] (start scores at t =
+        0)."""
         u = self.unaries(batch)
         theta = u[:, :, :, None] + self.trans[None, None]
         first = (u[:, 0] + self.start)[:, :, None].expand(-1, -1, theta.shape[-1])
@@ -154,7 +156,8 @@ def gold_score(theta: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
 
 
 def loss_fn(model: WindowTagger, batch: Batch, kind: str, gamma: float) -> Tensor:
-    """Mean training loss: 'softmax' (per-token cross-entropy) or 'entropy' / 'l2' (Vit_Omega loss)."""
+    """Mean training loss: 'softmax' (per-token cross-entropy) or 'entropy' / 'l2' (Vit_Omega
+    loss)."""
     if kind == "softmax":
         u = model.unaries(batch)
         return nn.functional.cross_entropy(u[batch.mask], batch.tags[batch.mask])
@@ -212,9 +215,9 @@ def train(
     device: torch.device | str = "cpu",
 ) -> dict[str, object]:
     """Train one tagger with :func:`lib.core.train.fit` (Adam, shuffled length-sorted batches,
-    the test accuracy after every epoch); return the accuracies per epoch, the per-token
-    correctness of the final model, its marginal non-zeros per token (structured losses) and
-    the wall time."""
+    the test accuracy after every epoch); return the accuracy before training and after each
+    epoch, the per-token correctness of the final model, its marginal non-zeros per token
+    (structured losses) and the wall time."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = WindowTagger(vocab).to(device)
@@ -234,6 +237,8 @@ def train(
             accs.append(float(correct_tokens(model, test, kind).mean()))
             model.train()
 
+    model.eval()
+    acc0 = float(correct_tokens(model, test, kind).mean())  # the untrained start (epoch 0)
     log = fit(
         model,
         next_batch,
@@ -248,6 +253,7 @@ def train(
         else np.concatenate([marginal_nonzeros(model, b, kind, gamma) for b in test])
     )
     return {
+        "acc0": acc0,
         "acc": accs,
         "correct": correct_tokens(model, test, kind),
         "nonzeros": nonzeros,

@@ -5,19 +5,31 @@ Library code for the chapter reproducing Kunstner, Yadav, Milligan, Schmidt and 
 (``BalancedXImbalancedY``: m tiers, tier i has 2^i classes of 2^(m-i) samples, inputs
 uniform on [0, 1)), full-batch training of many runs stacked in one linear model, the
 authors' learning-rate selection rule, the continuous-time theory of their Section 3.3,
-per-class gradient and Hessian statistics, and a bigram next-token model on WikiText-2.
+per-class gradient and Hessian statistics, a bigram next-token model on WikiText-2, and the
+estimates (with intervals from :mod:`lib.book.stats`) that feed the chapter's findings.
+
+Training here does not go through :func:`lib.core.train.fit`, on purpose: every function
+trains a whole learning-rate grid as *one* stacked model (a run axis in every tensor), with
+closed-form gradients (two matrix products per full-batch step) and one
+:class:`~lib.core.optim.StackedOptimizer` that gives each run its own optimizer and learning
+rate.  ``fit`` trains one model with one ``torch.optim`` optimizer through autograd; running
+the grid through it would cost one model per run and autograd's dense (runs x c x d)
+temporaries, many times the time of one stacked step (``benchmarks/heavy_tail_step.py``).
+The bigram model is minibatch but stacked in the same way, for the same reason.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy import stats as _st
 
-from lib.core.optim import StackedOptimizer
+from lib.book import stats
+from lib.core.optim import LABELS, StackedOptimizer
 
 # --------------------------------------------------------------------------- data
 
@@ -46,7 +58,7 @@ def make_labels(m: int, device: torch.device | str = "cpu") -> torch.Tensor:
 def make_inputs(
     m: int, seed: int, device: torch.device | str = "cpu", centred: bool = False
 ) -> torch.Tensor:
-    """Inputs i.i.d. uniform on [0, 1) (or on [-1/2, 1/2) if centred), float32, made on the device."""
+    """Inputs i.i.d. uniform on [0, 1) (or on [-1/2, 1/2) if centred), float32, on the device."""
     n, _, d = sizes(m)
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.rand(n, d, generator=gen, device=device, dtype=torch.float32)
@@ -54,7 +66,8 @@ def make_inputs(
 
 
 def equal_mass_groups(counts: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """Group of each class when classes, sorted by frequency, are cut into groups of equal sample mass."""
+    """Group of each class when classes, sorted by frequency, are cut into groups of equal
+    sample mass."""
     order = torch.argsort(counts, descending=True, stable=True)
     c = counts[order].double()
     mid = (torch.cumsum(c, 0) - c / 2) / c.sum()  # middle of each class's mass interval
@@ -84,12 +97,14 @@ class Trace:
     group_loss: np.ndarray  # (T, R, G) mean loss of the samples of each group
     loss: np.ndarray  # (T, R) mean loss over all samples
     class_loss: np.ndarray  # (R, c) mean loss of each class at the last record
+    class_loss_at: dict[int, np.ndarray] = field(default_factory=dict)  # step -> (R, c)
 
 
 def init_linear(
     d: int, c: int, runs: int, seed: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PyTorch's default Linear init U(-1/sqrt(d), 1/sqrt(d)), the same for every run: W (R, c, d), b (R, c)."""
+    """PyTorch's default Linear init U(-1/sqrt(d), 1/sqrt(d)), the same for every run:
+    W (R, c, d), b (R, c)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     bound = 1 / math.sqrt(d)
     w = torch.rand(1, c, d, generator=gen, device=device).mul_(2 * bound).sub_(bound)
@@ -156,17 +171,21 @@ def train_stack(
     sample_w: torch.Tensor | None = None,
     record_every: int = 1,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    class_steps: Sequence[int] = (),
 ) -> Trace:
     """Full-batch training of len(kinds) runs of a linear softmax model with bias, all stacked.
 
     Runs share the data and the initialisation (as the paper's runs with one seed do);
     losses are recorded from the forward pass of each step, so tracking them is free.
-    ``callback(t, W, b)`` (if given) sees the parameters before update t.
+    ``callback(t, W, b)`` (if given) sees the parameters before update t. The per-class
+    losses are kept at step 0, at the steps in ``class_steps`` and at the end.
     """
     n_classes = int(y.max()) + 1
     w, b = init_linear(x.shape[1], n_classes, len(kinds), seed, x.device)
     opt = StackedOptimizer([w, b], [0, 0], list(kinds), list(lrs))
     rec_steps, groups, overall = [], [], []
+    keep = {0, *class_steps}
+    by_class: dict[int, np.ndarray] = {}
 
     def record(t: int, losses: torch.Tensor) -> None:
         rec_steps.append(t)
@@ -177,6 +196,8 @@ def train_stack(
         losses, gw, gb = loss_and_grads(x, y, w, b, sample_w)
         if t % record_every == 0:
             record(t, losses)
+        if t in keep:
+            by_class[t] = group_means(losses, y, n_classes).t().cpu().numpy()
         if callback is not None:
             callback(t, w, b)
         opt.step([gw, gb])
@@ -184,14 +205,16 @@ def train_stack(
     with torch.no_grad():
         losses, _ = sample_losses(x, y, w, b)
     record(steps, losses)
-    class_loss = group_means(losses, y, n_classes).t().cpu()
+    class_loss = group_means(losses, y, n_classes).t().cpu().numpy()
+    by_class[steps] = class_loss
     return Trace(
         list(kinds),
         [float(v) for v in lrs],
         np.array(rec_steps),
         torch.stack(groups).numpy(),
         torch.stack(overall).numpy(),
-        class_loss.numpy(),
+        class_loss,
+        by_class,
     )
 
 
@@ -201,7 +224,8 @@ def train_stack(
 def progress_score(
     final: np.ndarray, initial: np.ndarray | float, blowup: float = 1.5
 ) -> np.ndarray:
-    """Final loss, or the initial loss for runs that diverged (NaN/inf or above blowup x initial)."""
+    """Final loss, or the initial loss for runs that diverged (NaN/inf or above blowup x
+    initial)."""
     final = np.asarray(final, dtype=float)
     init = np.broadcast_to(np.asarray(initial, dtype=float), final.shape)
     bad = ~np.isfinite(final) | (final > blowup * init)
@@ -209,7 +233,8 @@ def progress_score(
 
 
 def select_lr(final: np.ndarray, initial: np.ndarray) -> tuple[int, np.ndarray]:
-    """The authors' rule: for each learning rate the worst seed's score; return argmin and the scores.
+    """The authors' rule: for each learning rate the worst seed's score; return the argmin
+    and the scores.
 
     final: (seeds, lrs) final training losses; initial: (seeds,) initial losses.
     """
@@ -311,7 +336,8 @@ class Bigrams:
 
 
 def build_bigrams(tokens: Sequence[str], vocab_cap: int) -> Bigrams:
-    """Map tokens to the vocab_cap most frequent types plus one unknown id; pair each with its successor."""
+    """Map tokens to the vocab_cap most frequent types plus one unknown id; pair each with
+    its successor."""
     types, inverse, freq = np.unique(np.asarray(tokens), return_inverse=True, return_counts=True)
     order = np.lexsort((types, -freq))  # by frequency, ties alphabetical
     rank = np.empty(len(types), dtype=np.int64)
@@ -323,7 +349,8 @@ def build_bigrams(tokens: Sequence[str], vocab_cap: int) -> Bigrams:
 
 
 def text_groups(counts: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """Equal-mass frequency groups of the known token types; the unknown id (last) gets group n_groups."""
+    """Equal-mass frequency groups of the known token types; the unknown id (last) gets
+    group n_groups."""
     groups = equal_mass_groups(counts[:-1], n_groups)
     return torch.cat([groups, torch.tensor([n_groups])])
 
@@ -351,11 +378,15 @@ def bigram_losses(
 def bigram_grads(
     w: torch.Tensor, b: torch.Tensor, a: torch.Tensor, z: torch.Tensor, out: torch.Tensor
 ) -> torch.Tensor:
-    """Gradient of the mean loss of the pairs (a -> z) for W (written into ``out``) and b (returned).
+    """Gradient of the mean loss of the pairs (a -> z) for W (written into ``out``) and b
+    (returned).
 
     Only the rows of W of the previous tokens in the batch get a gradient (index_add).
     """
-    g = torch.softmax(w[:, a] + b.unsqueeze(1), dim=2)  # (R, B, V)
+    logits = w.index_select(1, a)  # (R, B, V); index_select and += give the same bits as
+    logits += b.unsqueeze(1)  # w[:, a] + b, one (R, B, V) temporary fewer
+    g = torch.softmax(logits, dim=2)
+    del logits
     g[:, torch.arange(a.numel(), device=a.device), z] -= 1.0
     g /= a.numel()
     out.zero_().index_add_(1, a, g)
@@ -417,7 +448,8 @@ def train_bigram_stack(
 
 
 def grid_runs(grid: dict[str, Sequence[float]]) -> tuple[list[str], list[float]]:
-    """Flatten {kind: [log10 learning rates]} into per-run kinds and learning rates (kinds contiguous)."""
+    """Flatten {kind: [log10 learning rates]} into per-run kinds and learning rates (kinds
+    contiguous)."""
     kinds = [k for k, exps in grid.items() for _ in exps]
     lrs = [10.0**e for exps in grid.values() for e in exps]
     return kinds, lrs
@@ -433,8 +465,10 @@ def run_grid(
     weighted: bool = False,
     record_every: int = 1,
     max_stack: int = 64,
+    class_steps: Sequence[int] = (),
 ) -> list[Trace]:
-    """Train every (kind, learning rate) of the grid for each seed, stacking up to max_stack runs per model.
+    """Train every (kind, learning rate) of the grid for each seed, stacking up to max_stack
+    runs per model.
 
     As in the authors' code the seed fixes both the data and the initialisation.
     """
@@ -458,6 +492,7 @@ def run_grid(
                 s,
                 sample_w,
                 record_every,
+                class_steps=class_steps,
             )
             for i in range(0, len(kinds), max_stack)
         ]
@@ -477,13 +512,16 @@ def concat_traces(parts: Sequence[Trace]) -> Trace:
         np.concatenate([p.group_loss for p in parts], 1),
         np.concatenate([p.loss for p in parts], 1),
         np.concatenate([p.class_loss for p in parts], 0),
+        {k: np.concatenate([p.class_loss_at[k] for p in parts], 0) for k in parts[0].class_loss_at},
     )
 
 
 def select_per_kind(traces: Sequence[Trace], at: int = -1) -> dict[str, dict]:
-    """Apply the selection rule per optimizer kind: worst seed's loss at record ``at``, divergence = no progress.
+    """Apply the selection rule per optimizer kind: worst seed's loss at record ``at``,
+    divergence = no progress.
 
-    Returns {kind: {"exps", "worst", "best" (index into the runs of that kind), "runs" (run indices)}}.
+    Returns {kind: {"exps", "worst", "best" (index into the runs of that kind), "runs" (run
+    indices), "run" and "exp" (the chosen run and its log10 learning rate)}}.
     """
     kinds = traces[0].kinds
     final = np.stack([t.loss[at] for t in traces])  # (seeds, runs)
@@ -510,3 +548,92 @@ def rare_half_loss(class_loss: np.ndarray, counts: np.ndarray) -> np.ndarray:
     rare = order[len(order) // 2 :]
     wts = np.asarray(counts, dtype=float)[rare]
     return class_loss[..., rare] @ wts / wts.sum()
+
+
+# ------------------------------------------------------------ estimates for the findings
+
+
+def tier_mask(m: int, tier: int) -> np.ndarray:
+    """Boolean mask of the classes of one tier (tier m - 1 is the rarest)."""
+    return class_tiers(m).numpy() == tier
+
+
+def tier_loss_removed(trace: Trace, run: int, tier: int, at: int = -1) -> float:
+    """Fraction of a tier's initial loss removed by record ``at`` (1 - loss_at / loss_0)."""
+    return float(1.0 - trace.group_loss[at, run, tier] / trace.group_loss[0, run, tier])
+
+
+def loss_removed(
+    traces: Sequence[Trace], run: int, classes: np.ndarray, at: int | None = None
+) -> stats.Estimate:
+    """Fraction of the initial loss of ``classes`` removed by step ``at`` (default: the end).
+
+    Per seed it is 1 - mean final / mean initial loss over the classes (equal-count classes, so
+    also over their samples); the estimate is its mean over seeds, with the two-level
+    bootstrap of :func:`lib.book.stats.bootstrap_items` over seeds and classes, paired (the
+    start and the end of the same class). Each seed's losses are divided by its mean
+    initial loss, held fixed in the resampling.
+    """
+    start = np.stack([t.class_loss_at[0][run, classes] for t in traces])
+    end = np.stack(
+        [(t.class_loss if at is None else t.class_loss_at[at])[run, classes] for t in traces]
+    )
+    scale = start.mean(axis=1, keepdims=True)
+    return stats.bootstrap_items(start / scale, end / scale)
+
+
+def ratio_over_seeds(num: Sequence[float], den: Sequence[float]) -> stats.Estimate:
+    """Geometric mean over seeds of num / den, with a t interval on the log ratio."""
+    e = stats.t_interval(np.log(np.asarray(num, dtype=float) / np.asarray(den, dtype=float)))
+    ci = None if e.ci is None else (math.exp(e.ci[0]), math.exp(e.ci[1]))
+    what = "geometric mean over seeds, t interval of the log ratio"
+    return stats.Estimate(math.exp(e.value), ci, e.n_seeds, what if ci else e.method)
+
+
+def grid_edge(entry: dict) -> str | None:
+    """'bottom' or 'top' if a selection (an entry of :func:`select_per_kind`) chose the
+    smallest or largest learning rate of its grid, else None (a one-point grid is an edge)."""
+    if entry["best"] == len(entry["exps"]) - 1:
+        return "top"
+    return "bottom" if entry["best"] == 0 else None
+
+
+def edge_reason(*uses: tuple[dict[str, dict], Sequence[str]]) -> str | None:
+    """Why a finding that rests on chosen learning rates is unresolved, or None.
+
+    ``uses`` are (selection, kinds) pairs: the optimizers whose chosen learning rates the
+    finding uses. If one sits at an edge of its grid, a better one may lie outside it.
+    """
+    edges = [
+        f"{LABELS[k]} 10^{sel[k]['exp']:+.1f} ({edge})"
+        for sel, kinds in uses
+        for k in kinds
+        if (edge := grid_edge(sel[k]))
+    ]
+    return "chosen learning rate at the edge of its grid: " + ", ".join(edges) if edges else None
+
+
+def rank_correlation(rows: np.ndarray) -> float:
+    """Spearman rank correlation of the two columns of ``rows``."""
+    return float(_st.spearmanr(rows[:, 0], rows[:, 1]).statistic)
+
+
+def correlation_estimate(a: np.ndarray, b: np.ndarray) -> stats.Estimate:
+    """Rank correlation of a and b over classes, bootstrap over classes."""
+    return stats.bootstrap_statistic(np.column_stack([a, b]), rank_correlation)
+
+
+def slope_estimate(freq: np.ndarray, values: np.ndarray) -> stats.Estimate:
+    """Log-log slope of values against freq, bootstrap over classes."""
+    rows = np.column_stack([freq, values])
+    return stats.bootstrap_statistic(rows, lambda r: loglog_slope(r[:, 0], r[:, 1]))
+
+
+def best_over_kinds(
+    traces: Sequence[Trace],
+    selection: dict[str, dict],
+    kinds: Sequence[str],
+    value: Callable[[Trace, int], float],
+) -> np.ndarray:
+    """Per seed, the lowest ``value(trace, run)`` over the chosen runs of ``kinds``."""
+    return np.array([min(value(t, selection[k]["run"]) for k in kinds) for t in traces])
