@@ -18,7 +18,7 @@ import warnings
 import torch
 
 from lib.chapters.compression import study as cs
-from lib.core import compress, latency
+from lib.core import compress, encoders, latency
 
 
 def variants(calib: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.nn.Module]:
@@ -35,7 +35,7 @@ def variants(calib: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.nn.Mod
     out["SVD rank x1/4"] = cs.clone(dense)
     compress.low_rank_model(out["SVD rank x1/4"], names, 0.25)
     out["3-layer student"] = cs.clone(dense)
-    cs.keep_layers(out["3-layer student"].bert, [0, 2, 5])
+    encoders.keep_layers(out["3-layer student"].bert, [0, 2, 5])
     out["3-layer student + int8"] = compress.quantize_dynamic_int8(
         cs.clone(out["3-layer student"]), cs.encoder_linears(out["3-layer student"])
     )

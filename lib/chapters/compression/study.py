@@ -10,8 +10,6 @@ with the same step budget; the operators come from :mod:`lib.core.compress`.
 from __future__ import annotations
 
 import copy
-import os
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -24,7 +22,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from lib.book.stats import Estimate
-from lib.core import compress, latency, pruning
+from lib.core import compress, encoders, latency, pruning
 from lib.core.cache import cached
 
 # The loaders live in the data registry (their files are in the chapters' cache keys); the
@@ -53,11 +51,8 @@ def split_indices(
 
 
 def tokenizer():
-    """MiniLM's WordPiece tokenizer, from the local folder (no hub access)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(minilm_path())
+    """MiniLM's fast tokenizer (:func:`lib.core.encoders.tokenizer`)."""
+    return encoders.tokenizer("minilm")
 
 
 def encode(tok, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,25 +82,11 @@ class SentimentModel(nn.Module):
 
 def load_minilm(layers: int | list[int] = 6) -> SentimentModel:
     """Pretrained MiniLM with the given number of layers (or list of layer indices) and a fresh
-    head;
-    the embedding matrix is frozen (it is shared by every arm and excluded from sizes)."""
-    from transformers import BertModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        bert = BertModel.from_pretrained(minilm_path(), add_pooling_layer=False)
-    keep_layers(bert, list(range(layers)) if isinstance(layers, int) else layers)
+    head; the embedding matrix is frozen (it is shared by every arm)."""
+    bert, _ = encoders.load("minilm", layers)
     bert.embeddings.requires_grad_(False)
     return SentimentModel(bert)
 
-
-def keep_layers(bert: nn.Module, idx: list[int]) -> None:
-    """Keep only the encoder layers ``idx`` (in that order): a shallower network."""
-    bert.encoder.layer = nn.ModuleList([bert.encoder.layer[i] for i in idx])
-    bert.config.num_hidden_layers = len(idx)
 
 
 def encoder_linears(model: SentimentModel) -> list[str]:
@@ -621,7 +602,7 @@ class Study:
         for k in self.cfg.student_layers:
             for s in self.seeds():
                 model = self.copy_dense()
-                keep_layers(model.bert, spread(self.cfg.layers, k))
+                encoders.keep_layers(model.bert, spread(self.cfg.layers, k))
                 self.retrain(model, s, Recipe(kd=self.cfg.kd_weight))
                 self.record("distillation", "KD student", f"{k} layers", s, model)
                 q = compress.quantize_dynamic_int8(clone(model), encoder_linears(model))

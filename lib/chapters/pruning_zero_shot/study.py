@@ -17,7 +17,7 @@ import torch
 from scipy import stats as st
 
 from lib.book import stats
-from lib.core import cache, data, pruning
+from lib.core import cache, data, encoders, pruning
 from lib.core.pos_transfer import (
     IGNORE,
     Tagger,
@@ -26,7 +26,6 @@ from lib.core.pos_transfer import (
     encode_treebank,
     evaluate_items,
     freeze_embeddings,
-    load_encoder,
     pairwise_retrieval_hits,
     spread_indices,
     subword_overlap,
@@ -99,7 +98,7 @@ def language_table(d: StudyData, tok) -> pd.DataFrame:
 
 def build_tagger(source: str, layers: int | None, seed: int, device) -> tuple[Tagger, object]:
     """Encoder + fresh head (seeded), embeddings frozen."""
-    encoder, tok = load_encoder(source, layers)
+    encoder, tok = encoders.load(source, layers)
     torch.manual_seed(seed)
     tagger = Tagger(encoder).to(device)
     freeze_embeddings(tagger)
