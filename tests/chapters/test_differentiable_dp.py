@@ -235,6 +235,98 @@ def test_barycenter_lowers_the_soft_dtw_objective():
     assert after < before - 1e-3
 
 
+# ---------------------------------------------------------------- compiled kernel and dispatch
+
+
+@pytest.mark.parametrize("reg", ("hard", "entropy", "l2"))
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 1, 6), (2, 7, 5), (4, 13, 9)])
+def test_numba_kernel_equals_torch_recursion(reg, shape):
+    torch.manual_seed(30)
+    theta = 3 * torch.randn(*shape)
+    v_t, g_t = sd.dtw_value_and_grad(theta, 0.6, reg, backend="torch")
+    v_n, g_n = sd.dtw_value_and_grad(theta, 0.6, reg, backend="numba")
+    torch.testing.assert_close(v_n, v_t, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_n, g_t, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sd.dtw_value(theta, 0.6, reg, backend="numba"), v_t)
+
+
+@pytest.mark.parametrize("reg", ("entropy", "l2"))
+def test_numba_kernel_float32_and_large_costs(reg):
+    rng = np.random.default_rng(31)
+    x, y = sd.random_walks(rng, 2, 60), sd.random_walks(rng, 2, 45)
+    theta = -sd.sq_dists(x, y)  # costs in the thousands: exp underflows (flushed to zero)
+    v_t, g_t = sd.dtw_value_and_grad(theta, 0.1, reg, backend="torch")
+    v_n, g_n = sd.dtw_value_and_grad(theta, 0.1, reg, backend="numba")
+    torch.testing.assert_close(v_n, v_t, rtol=1e-12, atol=1e-9)
+    # l2 weights come from differences of z = x / gamma ~ 1e5 here: rounding ~ 1e5 * 2e-16
+    torch.testing.assert_close(g_n, g_t, rtol=0, atol=1e-10)
+    v32, g32 = sd.dtw_value_and_grad(theta.float(), 0.1, reg, backend="numba")
+    assert v32.dtype == torch.float32
+    torch.testing.assert_close(v32.double(), v_t, rtol=1e-5, atol=1e-3)
+
+
+def test_auto_backend_picks_the_kernel_on_cpu_and_torch_for_huge_batches(monkeypatch):
+    theta = torch.randn(2, 5, 4)
+    assert sd.use_numba(theta)
+    monkeypatch.setattr(sd, "NUMBA_MAX_CELLS", 10)
+    assert not sd.use_numba(theta)
+    assert not sd.use_numba(theta.to(torch.int64))
+
+
+# ---------------------------------------------------------------- second order
+
+
+def hvp_by_fd(grad_fn, theta: torch.Tensor, z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Central finite difference of a gradient along z: (grad(theta + eps z) - grad(theta - eps
+    z)) / 2 eps."""
+    return (grad_fn(theta + eps * z) - grad_fn(theta - eps * z)) / (2 * eps)
+
+
+@pytest.mark.parametrize("reg", ("hard", "entropy", "l2"))
+def test_dtw_double_backward_is_the_hessian_vector_product(reg):
+    torch.manual_seed(32)
+    theta, z = torch.randn(3, 6, 5), torch.randn(3, 6, 5)
+    t = theta.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(sd.dtw(t, 0.7, reg).sum(), t, create_graph=True)
+    (hz,) = torch.autograd.grad((g * z).sum(), t)
+    fd = hvp_by_fd(lambda th: sd.dtw_value_and_grad(th, 0.7, reg)[1], theta, z)
+    torch.testing.assert_close(hz, fd, atol=1e-7, rtol=0)
+    if reg != "hard":  # autograd through the recorded loop, twice: an independent reference
+        t2 = theta.clone().requires_grad_(True)
+        (g2,) = torch.autograd.grad(sd.dtw_forward(t2, 0.7, reg)[0].sum(), t2, create_graph=True)
+        (ref,) = torch.autograd.grad((g2 * z).sum(), t2)
+        torch.testing.assert_close(hz, ref, atol=1e-12, rtol=0)
+        assert hz.abs().max() > 1e-3  # not trivially zero
+
+
+@pytest.mark.parametrize("reg", ("entropy", "l2"))
+@pytest.mark.parametrize("masked", [False, True])
+def test_viterbi_double_backward_is_the_hessian_vector_product(reg, masked):
+    torch.manual_seed(33)
+    theta, z = torch.randn(3, 6, 4, 4), torch.randn(3, 6, 4, 4)
+    mask = None
+    if masked:
+        mask = torch.ones(3, 6, dtype=torch.bool)
+        mask[1, 4:] = False
+    t = theta.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(sd.viterbi(t, 0.7, reg, mask).sum(), t, create_graph=True)
+    (hz,) = torch.autograd.grad((g * z).sum(), t)
+    fd = hvp_by_fd(lambda th: sd.viterbi_marginals(th, 0.7, reg, mask)[1], theta, z)
+    torch.testing.assert_close(hz, fd, atol=1e-7, rtol=0)
+    assert hz.abs().max() > 1e-3
+
+
+def test_entropy_dtw_hessian_is_symmetric_and_psd():
+    torch.manual_seed(34)
+    theta = torch.randn(1, 4, 3)
+    t = theta.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(sd.dtw(t, 1.0, "entropy").sum(), t, create_graph=True)
+    rows = [torch.autograd.grad(g.reshape(-1)[k], t, retain_graph=True)[0] for k in range(12)]
+    h = torch.stack([r.reshape(-1) for r in rows])
+    torch.testing.assert_close(h, h.T, atol=1e-12, rtol=0)
+    assert torch.linalg.eigvalsh(h).min() > -1e-12  # DTW_Omega is convex in theta
+
+
 # ---------------------------------------------------------------- Viterbi
 
 
