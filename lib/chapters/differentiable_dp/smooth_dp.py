@@ -657,6 +657,49 @@ def gradient_check_errors(rng: np.random.Generator, gamma: float = 0.5) -> dict[
     return out
 
 
+def paper_bounds(num_nodes: int, gamma: float, reg: str) -> tuple[float, float]:
+    """(low, high) offsets of DP_Omega - DP from the paper's general-DAG bound (as recalled):
+    DP - (N - 1) U_{Omega,N} <= DP_Omega <= DP - (N - 1) L_{Omega,N}, with N the number of nodes
+    of the DAG and [L, U] the range of Omega on the N-simplex."""
+    lo_om, hi_om = omega_range(num_nodes, gamma, reg)
+    return -hi_om * (num_nodes - 1), -lo_om * (num_nodes - 1)
+
+
+def dtw_nodes(n: int, m: int) -> int:
+    """Nodes of the DTW DAG: the n * m cells and the source (0, 0)."""
+    return n * m + 1
+
+
+def viterbi_nodes(t_len: int, s: int) -> int:
+    """Nodes of the Viterbi DAG: T * S (time, state) nodes, a source and a sink."""
+    return t_len * s + 2
+
+
+def hvp_check_errors(rng: np.random.Generator, gamma: float = 0.5) -> dict[str, float]:
+    """Relative error of Hessian-vector products (double backward through dtw / viterbi) against
+    central finite differences of the gradient, along a random direction; DTW (6x5), Viterbi
+    (T=5, S=4), entropy and l2."""
+    theta_d, z_d = (torch.as_tensor(rng.normal(size=(1, 6, 5))) for _ in range(2))
+    theta_v, z_v = (torch.as_tensor(rng.normal(size=(1, 5, 4, 4))) for _ in range(2))
+    out = {}
+    for reg in ("entropy", "l2"):
+        for name, fn, grad_fn, th, z in (
+            ("DTW", dtw, lambda t: dtw_value_and_grad(t, gamma, reg)[1], theta_d, z_d),
+            ("Viterbi", viterbi, lambda t: viterbi_marginals(t, gamma, reg)[1], theta_v, z_v),
+        ):
+            t = th.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(fn(t, gamma, reg).sum(), t, create_graph=True)
+            (hz,) = torch.autograd.grad((g * z).sum(), t)
+            fd = (grad_fn(th + 1e-6 * z) - grad_fn(th - 1e-6 * z)) / 2e-6
+            out[f"{name} {reg}"] = float((hz - fd).norm() / fd.norm())
+    return out
+
+
+def _inside(gap: Tensor, lo: float, hi: float) -> Tensor:
+    """Whether each gap lies in [lo, hi], up to rounding relative to the bounds."""
+    return (gap >= lo - 1e-9 * (1 + abs(lo))) & (gap <= hi + 1e-9 * (1 + abs(hi)))
+
+
 def bound_study(
     rng: np.random.Generator,
     sizes: list[int],
@@ -675,17 +718,24 @@ def bound_study(
         theta_d = -sq_dists(random_walks(rng, instances, size), random_walks(rng, instances, size))
         theta_v = 3 * torch.as_tensor(rng.normal(size=(instances, size, n_states, n_states)))
         for reg in ("entropy", "l2"):
-            for kind, gaps, bound in (
-                ("DTW", dtw_gaps(theta_d, gammas, reg), lambda g: dtw_bounds(size, size, g, reg)),
+            for kind, gaps, bound, nodes in (
+                (
+                    "DTW",
+                    dtw_gaps(theta_d, gammas, reg),
+                    lambda g: dtw_bounds(size, size, g, reg),
+                    dtw_nodes(size, size),
+                ),
                 (
                     "Viterbi",
                     viterbi_gaps(theta_v, gammas, reg),
                     lambda g: viterbi_bounds(size, n_states, g, reg),
+                    viterbi_nodes(size, n_states),
                 ),
             ):
                 for g, gap in zip(gammas, gaps):
                     lo, hi = bound(g)
-                    ok = (gap >= lo - 1e-9 * (1 + abs(lo))) & (gap <= hi + 1e-9 * (1 + abs(hi)))
+                    p_lo, p_hi = paper_bounds(nodes, g, reg)
+                    ok = _inside(gap, lo, hi)
                     rows.append(
                         {
                             "problem": kind,
@@ -698,6 +748,9 @@ def bound_study(
                             "gap_mean": float(gap.mean()),
                             "gap_max": float(gap.max()),
                             "inside": float(ok.double().mean()),
+                            "paper_low": p_lo,
+                            "paper_high": p_hi,
+                            "inside_paper": float(_inside(gap, p_lo, p_hi).double().mean()),
                         }
                     )
     return rows
@@ -707,7 +760,7 @@ def cost_table(
     rng: np.random.Generator, sizes: list[int], batch: int, gamma: float, repeats: int
 ) -> list[dict[str, float]]:
     """Best times (s) of value + gradient for hard / entropy / l2 DTW here (compiled kernel),
-    entropy DTW by the vectorised torch recursion ("entropy (torch)") and tslearn's soft-DTW.
+    hard and entropy DTW by the vectorised torch recursion ("... (torch)") and tslearn's soft-DTW.
 
     The implementations are timed in turn within each repeat, so that a burst of load from
     other processes hits all of them alike; the best of the repeats is kept for each.
@@ -715,12 +768,13 @@ def cost_table(
     rows = []
     for n in sizes:
         x, y = random_walks(rng, batch, n), random_walks(rng, batch, n)
-        best = dict.fromkeys((*REGS, "entropy (torch)", "tslearn"), math.inf)
+        best = dict.fromkeys((*REGS, "hard (torch)", "entropy (torch)", "tslearn"), math.inf)
         for _ in range(repeats):
             for reg in REGS:
                 best[reg] = min(best[reg], time_dtw(x, y, gamma, reg, 1, "numba"))
-            t_torch = time_dtw(x, y, gamma, "entropy", 1, "torch")
-            best["entropy (torch)"] = min(best["entropy (torch)"], t_torch)
+            for reg in ("hard", "entropy"):
+                t_torch = time_dtw(x, y, gamma, reg, 1, "torch")
+                best[f"{reg} (torch)"] = min(best[f"{reg} (torch)"], t_torch)
             best["tslearn"] = min(best["tslearn"], time_tslearn(x, y, gamma, 1))
         rows.append({"L": n, "cells": batch * n * n, **best})
     return rows
