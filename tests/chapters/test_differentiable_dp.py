@@ -646,3 +646,39 @@ def test_summary_texts_quote_every_glued_finding():
         "**not reproduced**" in texts["bary_summary"] and "**reproduced**" in texts["bary_summary"]
     )
     assert set(texts) == {"headline_verdict", "tag_sparse", "tag_summary", "bary_summary"}
+
+
+# ---------------------------------------------------------------- audio-to-score alignment
+
+
+def test_synthetic_pieces_are_monotone_performances_of_their_scores():
+    from lib.chapters.differentiable_dp import align
+
+    rng = np.random.default_rng(40)
+    temps = align.templates(rng, 5, 7)
+    for p in align.make_pieces(rng, temps, 10, 12, 4.0, 0.5):
+        a = p.note_of_frame.numpy()
+        assert a[0] == 0 and a[-1] == 11 and np.all(np.diff(a) >= 0) and np.all(np.diff(a) <= 1)
+        assert torch.all(p.pitches[1:] != p.pitches[:-1])  # no pitch twice in a row
+        y = p.alignment()
+        assert torch.equal(y.sum(1), torch.ones(len(a)))  # one note per frame
+        assert torch.all(y.sum(0) >= 1)  # every note played
+        np.testing.assert_array_equal(align.true_onsets(p), np.searchsorted(a, np.arange(12)))
+
+
+def test_oracle_scores_align_exactly_and_training_beats_the_uniform_guess():
+    from lib.chapters.differentiable_dp import align
+
+    rng = np.random.default_rng(41)
+    temps = align.templates(rng, 6, 10)
+    clean = align.make_pieces(rng, temps, 5, 10, 5.0, 0.0)
+    for p in clean:  # minus distances of normalised frames to the notes' templates: exact onsets
+        unit = p.frames / p.frames.norm(dim=1, keepdim=True)
+        theta = -sd.sq_dists(unit[None], temps[p.pitches][None])[0]
+        np.testing.assert_array_equal(align.path_onsets(theta), align.true_onsets(p))
+    train_p = align.make_pieces(rng, temps, 30, 10, 5.0, 0.3)
+    test_p = align.make_pieces(rng, temps, 10, 10, 5.0, 0.3)
+    null = align.uniform_error(test_p).mean()
+    for kind in align.KINDS:
+        model = align.train(kind, train_p, 6, 5, 0.05, 1.0, seed=0)
+        assert align.evaluate(model, test_p, kind == "baseline").mean() < 0.5 * null

@@ -104,6 +104,35 @@ def majority_margin(tag_runs: dict[str, list[dict]], train_sents, test_sents) ->
     return float(100 * (min(acc[k].min() for k in STRUCTURED) - base))
 
 
+# ---------------------------------------------------------------------------- alignment
+def align_difference(res: dict, kind: str, ref: str = "baseline") -> Estimate:
+    """Mean onset error (frames) of ``kind`` minus ``ref``, paired on the same test pieces and
+    seed index, with a bootstrap over seeds and pieces."""
+    return stats.bootstrap_items(res["errors"][kind], res["errors"][ref])
+
+
+def align_learned(res: dict) -> float:
+    """Largest seed-mean onset error of any trained arm over the uniform-tempo null's (1 = no
+    better than assuming a constant tempo)."""
+    worst = max(float(e.mean(1).max()) for e in res["errors"].values())
+    return worst / float(res["null"].mean())
+
+
+def kernel_agreement(rng: np.random.Generator) -> float:
+    """Largest absolute difference of value and gradient between the compiled kernel and the
+    torch recursion, all three regularisers, random grids (4 pairs, 17 x 23, float64)."""
+    import torch
+
+    theta = -sd.sq_dists(sd.random_walks(rng, 4, 17, 2), sd.random_walks(rng, 4, 23, 2))
+    theta = theta / theta.abs().mean()
+    worst = 0.0
+    for reg in sd.REGS:
+        v_t, g_t = sd.dtw_value_and_grad(theta, 0.5, reg, backend="torch")
+        v_n, g_n = sd.dtw_value_and_grad(theta, 0.5, reg, backend="numba")
+        worst = max(worst, float(torch.max((v_t - v_n).abs().max(), (g_t - g_n).abs().max())))
+    return worst
+
+
 # ---------------------------------------------------------------------------- prose
 def verdict_phrase(findings: list[dict], name: str) -> str:
     """'verdict' of a recorded finding, with its estimate and interval, for glued prose."""
@@ -123,4 +152,11 @@ def summary_texts(findings: list[dict]) -> dict[str, str]:
         "tag_sparse": verdict_phrase(findings, "tag_l2_marginals_sparse"),
         "tag_summary": verdict_phrase(findings, "tag_l2_minus_entropy"),
         "bary_summary": ", ".join(f"{w} {verdict_phrase(findings, n)}" for w, n in bary),
+        "align_summary": ", ".join(
+            f"{w} {verdict_phrase(findings, n)}"
+            for w, n in (
+                ("negentropy", "align_entropy_minus_baseline"),
+                ("squared l2", "align_l2_minus_baseline"),
+            )
+        ),
     }
