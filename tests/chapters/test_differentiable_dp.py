@@ -682,3 +682,46 @@ def test_oracle_scores_align_exactly_and_training_beats_the_uniform_guess():
     for kind in align.KINDS:
         model = align.train(kind, train_p, 6, 5, 0.05, 1.0, seed=0)
         assert align.evaluate(model, test_p, kind == "baseline").mean() < 0.5 * null
+
+
+# ---------------------------------------------------------------- structured attention
+
+
+def test_stretch_task_doubles_the_upper_half_along_a_monotone_alignment():
+    from lib.chapters.differentiable_dp import attention
+
+    x, y, align = attention.make_batch(torch.Generator().manual_seed(0), 16, 6, 2, 8)
+    assert y.shape == (16, 8) and align.shape == (16, 8, 6)
+    assert torch.all((x >= 4).sum(1) == 2)
+    for xi, yi, ai in zip(x, y, align):
+        expect = [t for t in xi.tolist() for _ in range(2 if t >= 4 else 1)]
+        assert yi.tolist() == expect
+        src = ai.argmax(1)
+        assert torch.all(src.diff() >= 0) and src[0] == 0 and src[-1] == 5
+        torch.testing.assert_close(torch.einsum("mn,n->m", ai, xi.double()), yi.double())
+
+
+@pytest.mark.parametrize("reg", REGS)
+def test_dtw_attention_is_an_alignment_and_differentiable(reg):
+    torch.manual_seed(42)
+    theta = torch.randn(2, 5, 4, requires_grad=True)
+    alpha = sd.dtw_grad(theta, 0.8, reg)
+    torch.testing.assert_close(alpha, sd.dtw_value_and_grad(theta.detach(), 0.8, reg)[1])
+    assert torch.all(alpha.sum(-1) >= 1 - 1e-12)  # every output position attends
+    assert torch.autograd.gradcheck(lambda t: sd.dtw_grad(t, 0.8, reg), (theta,))
+
+
+def test_attention_models_train_and_l2_maps_are_sparse():
+    from lib.chapters.differentiable_dp import attention
+
+    test = attention.make_batch(torch.Generator().manual_seed(1), 20, 5, 2, 6)
+    out = {
+        k: attention.train_and_test(k, 0, 5, 2, 6, 8, 5, 8, 3e-3, 1.0, test)
+        for k in attention.KINDS
+    }
+    for r in out.values():
+        assert r["token_acc"].shape == (20,) and np.all(
+            (0 <= r["token_acc"]) & (r["token_acc"] <= 1)
+        )
+    assert np.all(out["softmax"]["nonzeros"] == 1.0)
+    assert out["l2"]["nonzeros"].mean() < out["entropy"]["nonzeros"].mean()

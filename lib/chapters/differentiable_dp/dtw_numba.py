@@ -127,9 +127,9 @@ def value_and_grad(theta: np.ndarray, gamma: float, reg: str, want_grad: bool = 
     return vals, (grads if want_grad else None)
 
 
-def warm_up() -> None:
-    """Compile (or load from the on-disk cache) the kernels for float64 and float32."""
-    for dtype in (np.float64, np.float32):
+def warm_up(dtypes=(np.float64,)) -> None:
+    """Compile (or load from the on-disk cache) the kernel for the given dtypes."""
+    for dtype in dtypes:
         for reg in REG_CODE:
             value_and_grad(np.zeros((1, 2, 2), dtype=dtype), 1.0, reg, True)
             value_and_grad(np.zeros((1, 2, 2), dtype=dtype), 1.0, reg, False)

@@ -194,3 +194,14 @@ def alignment(res: dict, piece_idx: int = 0):
         ax.axvline(t - 0.5, color="black", lw=0.6)
     ax.set(xlabel="frame", ylabel="feature", title="one performance, true onsets")
     return fig
+
+
+def attention_maps(runs: dict):
+    """The first test sequence's attention map (output x input position) of each kind, seed 0."""
+    fig, axes = plotting.subplots(1, len(runs), width=2.6, height=2.6)
+    for ax, (kind, rs) in zip(axes[0], runs.items()):
+        a = rs[0]["example"]
+        ax.imshow(np.where(a > 0, a, np.nan), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        title = kind if kind == "softmax" else f"DTW, {kind}"
+        ax.set(title=title, xlabel="input position", ylabel="output position")
+    return fig

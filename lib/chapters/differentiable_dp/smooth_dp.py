@@ -273,6 +273,12 @@ class _DTW(torch.autograd.Function):
         return gv[:, None, None] * grad, None, None, None
 
 
+def dtw_grad(theta: Tensor, gamma: float = 1.0, reg: str = "entropy") -> Tensor:
+    """The alignment grad DTW_Omega(theta) (B, n, m) as a differentiable function of theta (its
+    backward is the Hessian-vector product): DTW_Omega attention."""
+    return _DTWGrad.apply(theta, gamma, reg)
+
+
 def dtw(theta: Tensor, gamma: float = 1.0, reg: str = "entropy", backend: str = "auto") -> Tensor:
     """Differentiable DTW_Omega of score grids (B, n, m) -> (B,), twice differentiable: its
     gradient is the backward recursion, its Hessian-vector products :func:`dtw_hvp`."""
@@ -517,7 +523,7 @@ def time_dtw(
     if backend != "torch":
         from lib.chapters.differentiable_dp import dtw_numba
 
-        dtw_numba.warm_up()
+        dtw_numba.warm_up((x.numpy().dtype,))
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()

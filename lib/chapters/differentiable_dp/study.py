@@ -133,6 +133,28 @@ def kernel_agreement(rng: np.random.Generator) -> float:
     return worst
 
 
+# ---------------------------------------------------------------------------- attention
+def attn_l2_density(runs: dict) -> Estimate:
+    """Fraction of exact non-zeros of the l2 DTW attention maps, per test sequence, with a
+    bootstrap over seeds and sequences."""
+    from lib.chapters.differentiable_dp import attention
+
+    return stats.bootstrap_items(attention.per_item(runs, "l2", "nonzeros"))
+
+
+def attn_difference(runs: dict, a: str, b: str) -> Estimate:
+    """Token accuracy of ``a`` minus ``b`` in points, paired on test sequences and seed index."""
+    from lib.chapters.differentiable_dp import attention
+
+    acc = {k: 100 * attention.per_item(runs, k, "token_acc") for k in (a, b)}
+    return stats.bootstrap_items(acc[a], acc[b])
+
+
+def attn_lowest_accuracy(runs: dict) -> float:
+    """Lowest mean test token accuracy over kinds and seeds."""
+    return float(min(r["token_acc"].mean() for rs in runs.values() for r in rs))
+
+
 # ---------------------------------------------------------------------------- prose
 def verdict_phrase(findings: list[dict], name: str) -> str:
     """'verdict' of a recorded finding, with its estimate and interval, for glued prose."""
@@ -158,5 +180,10 @@ def summary_texts(findings: list[dict]) -> dict[str, str]:
                 ("negentropy", "align_entropy_minus_baseline"),
                 ("squared l2", "align_l2_minus_baseline"),
             )
+        ),
+        "attn_summary": (
+            f"l2 attention non-zeros {verdict_phrase(findings, 'attn_l2_sparse')}, "
+            "accuracy l2 minus softmax (points) "
+            + verdict_phrase(findings, "attn_l2_minus_softmax")
         ),
     }
