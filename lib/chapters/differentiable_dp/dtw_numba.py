@@ -81,40 +81,47 @@ def _max3(a, b, c, gamma, inv_gamma, reg):
 def dtw_batch(theta, gamma, reg, want_grad):
     """Values (B,) and, if want_grad, gradients (B, n, m) of DTW_Omega for grids theta (B, n, m).
 
+    Only the weights q (n, m, 3) are kept between the passes; values and gradient accumulators
+    live in two rows each, so the memory traffic is the weights, the grid and the gradient.
     Without want_grad the gradient array is empty (shape (0, 0, 0)) and no weights are kept.
     """
     bsz, n, m = theta.shape
     inv_gamma = 1.0 / gamma
     vals = np.empty(bsz, dtype=theta.dtype)
     grads = np.zeros((bsz, n, m) if want_grad else (0, 0, 0), dtype=theta.dtype)
-    v = np.empty((n + 1, m + 1), dtype=theta.dtype)
-    q = np.empty((n + 1, m + 1, 3) if want_grad else (0, 0, 3), dtype=theta.dtype)
-    e = np.empty((n + 1, m + 1) if want_grad else (0, 0), dtype=theta.dtype)
+    q = np.empty((n, m, 3) if want_grad else (0, 0, 3), dtype=theta.dtype)
+    prev = np.empty(m + 1, dtype=theta.dtype)
+    cur = np.empty(m + 1, dtype=theta.dtype)
     for b in range(bsz):
-        v[:, :] = -np.inf
-        v[0, 0] = 0.0
+        prev[:] = -np.inf
+        prev[0] = 0.0  # row 0: V[0, 0] = 0, the rest -inf
         for i in range(1, n + 1):
+            cur[0] = -np.inf
             for j in range(1, m + 1):
-                val, q0, q1, q2 = _max3(
-                    v[i, j - 1], v[i - 1, j - 1], v[i - 1, j], gamma, inv_gamma, reg
-                )
-                v[i, j] = theta[b, i - 1, j - 1] + val
+                val, q0, q1, q2 = _max3(cur[j - 1], prev[j - 1], prev[j], gamma, inv_gamma, reg)
+                cur[j] = theta[b, i - 1, j - 1] + val
                 if want_grad:
-                    q[i, j, 0] = q0
-                    q[i, j, 1] = q1
-                    q[i, j, 2] = q2
-        vals[b] = v[n, m]
+                    q[i - 1, j - 1, 0] = q0
+                    q[i - 1, j - 1, 1] = q1
+                    q[i - 1, j - 1, 2] = q2
+            prev, cur = cur, prev
+        vals[b] = prev[m]
         if want_grad:
-            e[:, :] = 0.0
-            e[n, m] = 1.0
+            e_row = prev  # accumulators of row i (reusing the buffers)
+            e_up = cur  # and of row i - 1
+            e_row[:] = 0.0
+            e_row[m] = 1.0
             for i in range(n, 0, -1):
+                e_up[:] = 0.0
                 for j in range(m, 0, -1):
-                    g = e[i, j]
+                    g = e_row[j]
                     grads[b, i - 1, j - 1] = g
                     if g != 0.0:
-                        e[i, j - 1] += g * q[i, j, 0]
-                        e[i - 1, j - 1] += g * q[i, j, 1]
-                        e[i - 1, j] += g * q[i, j, 2]
+                        e_row[j - 1] += g * q[i - 1, j - 1, 0]
+                        e_up[j - 1] += g * q[i - 1, j - 1, 1]
+                        e_up[j] += g * q[i - 1, j - 1, 2]
+                e_row, e_up = e_up, e_row
+            prev, cur = e_row, e_up
     return vals, grads
 
 
