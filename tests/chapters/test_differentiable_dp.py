@@ -637,15 +637,31 @@ def test_summary_texts_quote_every_glued_finding():
         "tag_l2_minus_entropy",
         "bary_inertia_ratio",
         "bary_accuracy_soft_minus_euclid",
+        "align_entropy_minus_baseline",
+        "align_l2_minus_baseline",
+        "attn_l2_sparse",
+        "attn_l2_minus_softmax",
     ]
     verdicts = ["reproduced", "partly", "inconclusive", "not reproduced", "reproduced"]
+    verdicts += ["inconclusive", "not reproduced", "reproduced", "partly"]
     found = [{"name": n, "verdict": v, "value": 0.5, "ci": None} for n, v in zip(names, verdicts)]
     texts = study.summary_texts(found)
     assert texts["tag_summary"] == "**inconclusive** (0.5)"
     assert (
         "**not reproduced**" in texts["bary_summary"] and "**reproduced**" in texts["bary_summary"]
     )
-    assert set(texts) == {"headline_verdict", "tag_sparse", "tag_summary", "bary_summary"}
+    assert texts["align_summary"] == (
+        "negentropy **inconclusive** (0.5), squared l2 **not reproduced** (0.5)"
+    )
+    assert "**reproduced**" in texts["attn_summary"] and "**partly**" in texts["attn_summary"]
+    assert set(texts) == {
+        "headline_verdict",
+        "tag_sparse",
+        "tag_summary",
+        "bary_summary",
+        "align_summary",
+        "attn_summary",
+    }
 
 
 # ---------------------------------------------------------------- audio-to-score alignment
