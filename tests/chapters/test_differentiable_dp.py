@@ -235,6 +235,98 @@ def test_barycenter_lowers_the_soft_dtw_objective():
     assert after < before - 1e-3
 
 
+# ---------------------------------------------------------------- compiled kernel and dispatch
+
+
+@pytest.mark.parametrize("reg", ("hard", "entropy", "l2"))
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 1, 6), (2, 7, 5), (4, 13, 9)])
+def test_numba_kernel_equals_torch_recursion(reg, shape):
+    torch.manual_seed(30)
+    theta = 3 * torch.randn(*shape)
+    v_t, g_t = sd.dtw_value_and_grad(theta, 0.6, reg, backend="torch")
+    v_n, g_n = sd.dtw_value_and_grad(theta, 0.6, reg, backend="numba")
+    torch.testing.assert_close(v_n, v_t, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_n, g_t, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sd.dtw_value(theta, 0.6, reg, backend="numba"), v_t)
+
+
+@pytest.mark.parametrize("reg", ("entropy", "l2"))
+def test_numba_kernel_float32_and_large_costs(reg):
+    rng = np.random.default_rng(31)
+    x, y = sd.random_walks(rng, 2, 60), sd.random_walks(rng, 2, 45)
+    theta = -sd.sq_dists(x, y)  # costs in the thousands: exp underflows (flushed to zero)
+    v_t, g_t = sd.dtw_value_and_grad(theta, 0.1, reg, backend="torch")
+    v_n, g_n = sd.dtw_value_and_grad(theta, 0.1, reg, backend="numba")
+    torch.testing.assert_close(v_n, v_t, rtol=1e-12, atol=1e-9)
+    # l2 weights come from differences of z = x / gamma ~ 1e5 here: rounding ~ 1e5 * 2e-16
+    torch.testing.assert_close(g_n, g_t, rtol=0, atol=1e-10)
+    v32, g32 = sd.dtw_value_and_grad(theta.float(), 0.1, reg, backend="numba")
+    assert v32.dtype == torch.float32
+    torch.testing.assert_close(v32.double(), v_t, rtol=1e-5, atol=1e-3)
+
+
+def test_auto_backend_picks_the_kernel_on_cpu_and_torch_for_huge_batches(monkeypatch):
+    theta = torch.randn(2, 5, 4)
+    assert sd.use_numba(theta)
+    monkeypatch.setattr(sd, "NUMBA_MAX_CELLS", 10)
+    assert not sd.use_numba(theta)
+    assert not sd.use_numba(theta.to(torch.int64))
+
+
+# ---------------------------------------------------------------- second order
+
+
+def hvp_by_fd(grad_fn, theta: torch.Tensor, z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Central finite difference of a gradient along z: (grad(theta + eps z) - grad(theta - eps
+    z)) / 2 eps."""
+    return (grad_fn(theta + eps * z) - grad_fn(theta - eps * z)) / (2 * eps)
+
+
+@pytest.mark.parametrize("reg", ("hard", "entropy", "l2"))
+def test_dtw_double_backward_is_the_hessian_vector_product(reg):
+    torch.manual_seed(32)
+    theta, z = torch.randn(3, 6, 5), torch.randn(3, 6, 5)
+    t = theta.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(sd.dtw(t, 0.7, reg).sum(), t, create_graph=True)
+    (hz,) = torch.autograd.grad((g * z).sum(), t)
+    fd = hvp_by_fd(lambda th: sd.dtw_value_and_grad(th, 0.7, reg)[1], theta, z)
+    torch.testing.assert_close(hz, fd, atol=1e-7, rtol=0)
+    if reg != "hard":  # autograd through the recorded loop, twice: an independent reference
+        t2 = theta.clone().requires_grad_(True)
+        (g2,) = torch.autograd.grad(sd.dtw_forward(t2, 0.7, reg)[0].sum(), t2, create_graph=True)
+        (ref,) = torch.autograd.grad((g2 * z).sum(), t2)
+        torch.testing.assert_close(hz, ref, atol=1e-12, rtol=0)
+        assert hz.abs().max() > 1e-3  # not trivially zero
+
+
+@pytest.mark.parametrize("reg", ("entropy", "l2"))
+@pytest.mark.parametrize("masked", [False, True])
+def test_viterbi_double_backward_is_the_hessian_vector_product(reg, masked):
+    torch.manual_seed(33)
+    theta, z = torch.randn(3, 6, 4, 4), torch.randn(3, 6, 4, 4)
+    mask = None
+    if masked:
+        mask = torch.ones(3, 6, dtype=torch.bool)
+        mask[1, 4:] = False
+    t = theta.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(sd.viterbi(t, 0.7, reg, mask).sum(), t, create_graph=True)
+    (hz,) = torch.autograd.grad((g * z).sum(), t)
+    fd = hvp_by_fd(lambda th: sd.viterbi_marginals(th, 0.7, reg, mask)[1], theta, z)
+    torch.testing.assert_close(hz, fd, atol=1e-7, rtol=0)
+    assert hz.abs().max() > 1e-3
+
+
+def test_entropy_dtw_hessian_is_symmetric_and_psd():
+    torch.manual_seed(34)
+    theta = torch.randn(1, 4, 3)
+    t = theta.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(sd.dtw(t, 1.0, "entropy").sum(), t, create_graph=True)
+    rows = [torch.autograd.grad(g.reshape(-1)[k], t, retain_graph=True)[0] for k in range(12)]
+    h = torch.stack([r.reshape(-1) for r in rows])
+    torch.testing.assert_close(h, h.T, atol=1e-12, rtol=0)
+    assert torch.linalg.eigvalsh(h).min() > -1e-12  # DTW_Omega is convex in theta
+
+
 # ---------------------------------------------------------------- Viterbi
 
 
@@ -545,12 +637,107 @@ def test_summary_texts_quote_every_glued_finding():
         "tag_l2_minus_entropy",
         "bary_inertia_ratio",
         "bary_accuracy_soft_minus_euclid",
+        "align_entropy_minus_baseline",
+        "align_l2_minus_baseline",
+        "attn_l2_sparse",
+        "attn_l2_minus_softmax",
     ]
     verdicts = ["reproduced", "partly", "inconclusive", "not reproduced", "reproduced"]
+    verdicts += ["inconclusive", "not reproduced", "reproduced", "partly"]
     found = [{"name": n, "verdict": v, "value": 0.5, "ci": None} for n, v in zip(names, verdicts)]
     texts = study.summary_texts(found)
     assert texts["tag_summary"] == "**inconclusive** (0.5)"
     assert (
         "**not reproduced**" in texts["bary_summary"] and "**reproduced**" in texts["bary_summary"]
     )
-    assert set(texts) == {"headline_verdict", "tag_sparse", "tag_summary", "bary_summary"}
+    assert texts["align_summary"] == (
+        "negentropy **inconclusive** (0.5), squared l2 **not reproduced** (0.5)"
+    )
+    assert "**reproduced**" in texts["attn_summary"] and "**partly**" in texts["attn_summary"]
+    assert set(texts) == {
+        "headline_verdict",
+        "tag_sparse",
+        "tag_summary",
+        "bary_summary",
+        "align_summary",
+        "attn_summary",
+    }
+
+
+# ---------------------------------------------------------------- audio-to-score alignment
+
+
+def test_synthetic_pieces_are_monotone_performances_of_their_scores():
+    from lib.chapters.differentiable_dp import align
+
+    rng = np.random.default_rng(40)
+    temps = align.templates(rng, 5, 7)
+    for p in align.make_pieces(rng, temps, 10, 12, 4.0, 0.5):
+        a = p.note_of_frame.numpy()
+        assert a[0] == 0 and a[-1] == 11 and np.all(np.diff(a) >= 0) and np.all(np.diff(a) <= 1)
+        assert torch.all(p.pitches[1:] != p.pitches[:-1])  # no pitch twice in a row
+        y = p.alignment()
+        assert torch.equal(y.sum(1), torch.ones(len(a)))  # one note per frame
+        assert torch.all(y.sum(0) >= 1)  # every note played
+        np.testing.assert_array_equal(align.true_onsets(p), np.searchsorted(a, np.arange(12)))
+
+
+def test_oracle_scores_align_exactly_and_training_beats_the_uniform_guess():
+    from lib.chapters.differentiable_dp import align
+
+    rng = np.random.default_rng(41)
+    temps = align.templates(rng, 6, 10)
+    clean = align.make_pieces(rng, temps, 5, 10, 5.0, 0.0)
+    for p in clean:  # minus distances of normalised frames to the notes' templates: exact onsets
+        unit = p.frames / p.frames.norm(dim=1, keepdim=True)
+        theta = -sd.sq_dists(unit[None], temps[p.pitches][None])[0]
+        np.testing.assert_array_equal(align.path_onsets(theta), align.true_onsets(p))
+    train_p = align.make_pieces(rng, temps, 30, 10, 5.0, 0.3)
+    test_p = align.make_pieces(rng, temps, 10, 10, 5.0, 0.3)
+    null = align.uniform_error(test_p).mean()
+    for kind in align.KINDS:
+        model = align.train(kind, train_p, 6, 5, 0.05, 1.0, seed=0)
+        assert align.evaluate(model, test_p, kind == "baseline").mean() < 0.5 * null
+
+
+# ---------------------------------------------------------------- structured attention
+
+
+def test_stretch_task_doubles_the_upper_half_along_a_monotone_alignment():
+    from lib.chapters.differentiable_dp import attention
+
+    x, y, align = attention.make_batch(torch.Generator().manual_seed(0), 16, 6, 2, 8)
+    assert y.shape == (16, 8) and align.shape == (16, 8, 6)
+    assert torch.all((x >= 4).sum(1) == 2)
+    for xi, yi, ai in zip(x, y, align):
+        expect = [t for t in xi.tolist() for _ in range(2 if t >= 4 else 1)]
+        assert yi.tolist() == expect
+        src = ai.argmax(1)
+        assert torch.all(src.diff() >= 0) and src[0] == 0 and src[-1] == 5
+        torch.testing.assert_close(torch.einsum("mn,n->m", ai, xi.double()), yi.double())
+
+
+@pytest.mark.parametrize("reg", REGS)
+def test_dtw_attention_is_an_alignment_and_differentiable(reg):
+    torch.manual_seed(42)
+    theta = torch.randn(2, 5, 4, requires_grad=True)
+    alpha = sd.dtw_grad(theta, 0.8, reg)
+    torch.testing.assert_close(alpha, sd.dtw_value_and_grad(theta.detach(), 0.8, reg)[1])
+    assert torch.all(alpha.sum(-1) >= 1 - 1e-12)  # every output position attends
+    assert torch.autograd.gradcheck(lambda t: sd.dtw_grad(t, 0.8, reg), (theta,))
+
+
+def test_attention_models_train_and_l2_maps_are_sparse():
+    from lib.chapters.differentiable_dp import attention
+
+    test = attention.make_batch(torch.Generator().manual_seed(1), 20, 5, 2, 6)
+    out = {
+        k: attention.train_and_test(k, 0, 5, 2, 6, 8, 5, 8, 3e-3, 1.0, test)
+        for k in attention.KINDS
+    }
+    for r in out.values():
+        assert r["token_acc"].shape == (20,) and np.all(
+            (0 <= r["token_acc"]) & (r["token_acc"] <= 1)
+        )
+    assert np.all(out["softmax"]["nonzeros"] == 1.0)
+    assert out["l2"]["nonzeros"].mean() < out["entropy"]["nonzeros"].mean()

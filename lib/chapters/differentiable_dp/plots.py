@@ -10,7 +10,7 @@ from lib.book import plotting
 from lib.chapters.differentiable_dp import smooth_dp as sd
 
 REGS = ("entropy", "l2")
-IMPLS = ("hard", "entropy", "l2", "tslearn")
+IMPLS = ("hard", "entropy", "l2", "entropy (torch)", "tslearn")
 
 
 def exactness(tsl: pd.DataFrame, crf: dict):
@@ -119,7 +119,7 @@ def cost(rows: pd.DataFrame):
     impl = plotting.family_colors(list(IMPLS))
     ax = axes[0, 0]
     for k in IMPLS:
-        label = k if k == "tslearn" else f"{k} (here)"
+        label = k if k in ("tslearn", "entropy (torch)") else f"{k} (kernel)"
         ax.loglog(rows.cells, rows[k], "o-", ms=3, color=impl[k], label=label)
     ref = rows.entropy.iloc[-1] * rows.cells / rows.cells.iloc[-1]
     ax.loglog(rows.cells, ref, "--", color="grey", lw=1, label="slope 1")
@@ -164,4 +164,44 @@ def tagging(tag_runs: dict, nonzero: dict):
     ax = axes[0, 1]
     ax.bar(list(nonzero), list(nonzero.values()), color=[col[k] for k in nonzero])
     ax.set(ylabel="fraction of non-zero tag marginals", title="marginal sparsity on test")
+    return fig
+
+
+def alignment(res: dict, piece_idx: int = 0):
+    """Onset errors per method (seed means, with each seed as a dot) against the uniform-tempo
+    null, and one test piece: the true note of every frame."""
+    errors, null = res["errors"], res["null"]
+    fig, axes = plotting.subplots(1, 2, width=3.8, height=3.0)
+    col = plotting.family_colors(list(errors))
+    ax = axes[0, 0]
+    for i, (k, e) in enumerate(errors.items()):
+        per_seed = e.mean(1)
+        ax.bar(i, per_seed.mean(), color=col[k], alpha=0.7)
+        ax.scatter(np.full(len(per_seed), i), per_seed, color="black", s=8, zorder=3)
+    ax.axhline(null.mean(), ls="--", color="grey", lw=1, label="uniform tempo")
+    ax.set(
+        xticks=range(len(errors)),
+        xticklabels=list(errors),
+        ylabel="mean onset error (frames)",
+        title="test pieces",
+    )
+    ax.legend(fontsize=7)
+    ax = axes[0, 1]
+    p = res["test"][piece_idx]
+    ax.imshow(p.frames.numpy().T, aspect="auto", cmap="coolwarm", interpolation="nearest")
+    onsets = np.searchsorted(p.note_of_frame.numpy(), np.arange(len(p.pitches)))
+    for t in onsets:
+        ax.axvline(t - 0.5, color="black", lw=0.6)
+    ax.set(xlabel="frame", ylabel="feature", title="one performance, true onsets")
+    return fig
+
+
+def attention_maps(runs: dict):
+    """The first test sequence's attention map (output x input position) of each kind, seed 0."""
+    fig, axes = plotting.subplots(1, len(runs), width=2.6, height=2.6)
+    for ax, (kind, rs) in zip(axes[0], runs.items()):
+        a = rs[0]["example"]
+        ax.imshow(np.where(a > 0, a, np.nan), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        title = kind if kind == "softmax" else f"DTW, {kind}"
+        ax.set(title=title, xlabel="input position", ylabel="output position")
     return fig

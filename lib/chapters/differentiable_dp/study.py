@@ -104,6 +104,57 @@ def majority_margin(tag_runs: dict[str, list[dict]], train_sents, test_sents) ->
     return float(100 * (min(acc[k].min() for k in STRUCTURED) - base))
 
 
+# ---------------------------------------------------------------------------- alignment
+def align_difference(res: dict, kind: str, ref: str = "baseline") -> Estimate:
+    """Mean onset error (frames) of ``kind`` minus ``ref``, paired on the same test pieces and
+    seed index, with a bootstrap over seeds and pieces."""
+    return stats.bootstrap_items(res["errors"][kind], res["errors"][ref])
+
+
+def align_learned(res: dict) -> float:
+    """Largest seed-mean onset error of any trained arm over the uniform-tempo null's (1 = no
+    better than assuming a constant tempo)."""
+    worst = max(float(e.mean(1).max()) for e in res["errors"].values())
+    return worst / float(res["null"].mean())
+
+
+def kernel_agreement(rng: np.random.Generator) -> float:
+    """Largest absolute difference of value and gradient between the compiled kernel and the
+    torch recursion, all three regularisers, random grids (4 pairs, 17 x 23, float64)."""
+    import torch
+
+    theta = -sd.sq_dists(sd.random_walks(rng, 4, 17, 2), sd.random_walks(rng, 4, 23, 2))
+    theta = theta / theta.abs().mean()
+    worst = 0.0
+    for reg in sd.REGS:
+        v_t, g_t = sd.dtw_value_and_grad(theta, 0.5, reg, backend="torch")
+        v_n, g_n = sd.dtw_value_and_grad(theta, 0.5, reg, backend="numba")
+        worst = max(worst, float(torch.max((v_t - v_n).abs().max(), (g_t - g_n).abs().max())))
+    return worst
+
+
+# ---------------------------------------------------------------------------- attention
+def attn_l2_density(runs: dict) -> Estimate:
+    """Fraction of exact non-zeros of the l2 DTW attention maps, per test sequence, with a
+    bootstrap over seeds and sequences."""
+    from lib.chapters.differentiable_dp import attention
+
+    return stats.bootstrap_items(attention.per_item(runs, "l2", "nonzeros"))
+
+
+def attn_difference(runs: dict, a: str, b: str) -> Estimate:
+    """Token accuracy of ``a`` minus ``b`` in points, paired on test sequences and seed index."""
+    from lib.chapters.differentiable_dp import attention
+
+    acc = {k: 100 * attention.per_item(runs, k, "token_acc") for k in (a, b)}
+    return stats.bootstrap_items(acc[a], acc[b])
+
+
+def attn_lowest_accuracy(runs: dict) -> float:
+    """Lowest mean test token accuracy over kinds and seeds."""
+    return float(min(r["token_acc"].mean() for rs in runs.values() for r in rs))
+
+
 # ---------------------------------------------------------------------------- prose
 def verdict_phrase(findings: list[dict], name: str) -> str:
     """'verdict' of a recorded finding, with its estimate and interval, for glued prose."""
@@ -123,4 +174,16 @@ def summary_texts(findings: list[dict]) -> dict[str, str]:
         "tag_sparse": verdict_phrase(findings, "tag_l2_marginals_sparse"),
         "tag_summary": verdict_phrase(findings, "tag_l2_minus_entropy"),
         "bary_summary": ", ".join(f"{w} {verdict_phrase(findings, n)}" for w, n in bary),
+        "align_summary": ", ".join(
+            f"{w} {verdict_phrase(findings, n)}"
+            for w, n in (
+                ("negentropy", "align_entropy_minus_baseline"),
+                ("squared l2", "align_l2_minus_baseline"),
+            )
+        ),
+        "attn_summary": (
+            f"l2 attention non-zeros {verdict_phrase(findings, 'attn_l2_sparse')}, "
+            "accuracy l2 minus softmax (points) "
+            + verdict_phrase(findings, "attn_l2_minus_softmax")
+        ),
     }
