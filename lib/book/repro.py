@@ -74,11 +74,14 @@ def versions(packages: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str]:
 
 
 def all_versions() -> list[str]:
-    """Every installed distribution as ``name==version``, sorted (for cache keys)."""
+    """Every installed distribution as ``name==version``, sorted and once each (for cache keys:
+    the project's own ``*.egg-info`` is seen twice from its root, once from elsewhere)."""
     return sorted(
-        f"{d.metadata['Name'].lower()}=={d.version}"
-        for d in metadata.distributions()
-        if d.metadata["Name"]
+        {
+            f"{d.metadata['Name'].lower()}=={d.version}"
+            for d in metadata.distributions()
+            if d.metadata["Name"]
+        }
     )
 
 

@@ -220,3 +220,11 @@ def test_cache_key_follows_data_files_and_package_versions(tmp_path, monkeypatch
     real = runner.repro.all_versions()
     monkeypatch.setattr(runner.repro, "all_versions", lambda: real + ["numpy==0.0.1"])
     assert runner.cache_key(chapter, params) != key
+
+
+def test_package_versions_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    from lib.book import repro
+
+    here = repro.all_versions()
+    monkeypatch.chdir(tmp_path)
+    assert repro.all_versions() == here and len(here) == len(set(here))
