@@ -96,11 +96,12 @@ def verdict(
     # in the "at least" frame: low end of the interval is the conservative one
     low, high = (lo, hi) if sign > 0 else (-hi, -lo)
     t_s, p_s = sign * t, (None if p is None else sign * p)
+    ops = (">=", "<") if sign > 0 else ("<=", ">")
     if low >= t_s:
-        return "reproduced", f"whole interval beyond {t:g}"
+        return "reproduced", f"whole interval {ops[0]} {t:g}"
     weakest = t_s if p_s is None else p_s
     if high < weakest:
-        return "not reproduced", f"whole interval short of {weakest * sign:g}"
+        return "not reproduced", f"whole interval {ops[1]} {weakest * sign:g}"
     if p_s is not None and low >= p_s and high < t_s:
         return "partly", f"interval between {p:g} and {t:g}"
     bound = t if low < t_s <= high else p
