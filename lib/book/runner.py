@@ -209,6 +209,7 @@ def execute(
     tmp_nb = tmp_dir / f"{chapter.name}.{os.getpid()}.ipynb"
     os.environ.update(repro.thread_env(1))  # inherited by the kernel, before it starts
     started = datetime.now(timezone.utc)
+    revision = repro.git_revision()  # the sources the run starts from, not those at its end
     t0 = time.perf_counter()
     bar = (
         {
@@ -254,7 +255,7 @@ def execute(
         "profile": params["profile"],
         "parameters": params,
         "status": "ok",
-        "git_revision": repro.git_revision(),
+        "git_revision": revision,
         "versions": repro.versions(),
         "started_at": started.isoformat(timespec="seconds"),
         "wall_s": round(wall, 2),
