@@ -38,11 +38,10 @@ def bench(m: int, runs: int, repeats: int, device: str) -> dict[str, float]:
     """Time one step with ``runs`` stacked runs (all optimizer kinds in turn) and the bare
     matmuls."""
     n, c, d = ht.sizes(m)
-    x = ht.make_inputs(m, 0, device)
-    y = ht.make_labels(m, device)
+    x, y, (w0, b0) = ht.make_problem(m, 0, device)
     kinds = [list(KINDS)[i % len(KINDS)] for i in range(runs)]
     kinds.sort(key=list(KINDS).index)
-    w, b = ht.init_linear(d, c, runs, 0, device)
+    w, b = w0.repeat(runs, 1, 1), b0.repeat(runs, 1)
     opt = StackedOptimizer([w, b], [0, 0], kinds, [1e-4] * runs)
     g = torch.rand(n, runs * c, device=device)
 
