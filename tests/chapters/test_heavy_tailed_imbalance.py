@@ -426,11 +426,15 @@ def test_ratio_over_seeds_is_a_geometric_mean_with_a_log_t_interval():
 
 def test_grid_edges_and_the_unresolved_reason():
     sel = {
-        "gd": {"exps": [-2.0, -1.5, -1.0], "best": 2, "exp": -1.0},
-        "adam": {"exps": [-3.0, -2.5, -2.0], "best": 1, "exp": -2.5},
-        "adam_m": {"exps": [-3.0, -2.5], "best": 0, "exp": -3.0},
+        "gd": {"exps": [-2.0, -1.5, -1.0], "best": 2, "exp": -1.0, "worst": [3.0, 2.0, 1.0]},
+        "adam": {"exps": [-3.0, -2.5, -2.0], "best": 1, "exp": -2.5, "worst": [3.0, 1.0, 2.0]},
+        "adam_m": {"exps": [-3.0, -2.5], "best": 0, "exp": -3.0, "worst": [1.0, 2.0]},
     }
     assert [ht.grid_edge(sel[k]) for k in sel] == ["top", None, "bottom"]
+    floor = {"exps": [0.0, 1.0, 2.0], "best": 2, "exp": 2.0, "worst": [1.0, 1e-6, 0.0]}
+    assert ht.grid_edge(floor) is None  # the loss is at its floor: nothing beyond can beat it
+    floor = {"exps": [0.0, 1.0, 2.0], "best": 0, "exp": 0.0, "worst": [0.0, 0.0, 0.0]}
+    assert ht.grid_edge(floor) is None
     assert ht.edge_reason((sel, ["adam"])) is None
     reason = ht.edge_reason((sel, ["gd", "adam"]), (sel, ["adam_m"]))
     assert "GD 10^-1.0 (top)" in reason and "Adam+m 10^-3.0 (bottom)" in reason
@@ -473,7 +477,9 @@ def test_figures_draw_without_warnings(recwarn):
         plots.selection_scores(traces, sel, colors, steps),
         plots.tier_panels(traces[0], sel, colors, m),
         plots.gd_step_sizes(traces[0], sel["adam_m"]["run"], [3, steps], "r", m),
-        plots.rare_ratio(traces, {3: ht.select_per_kind(traces, at=3), steps: sel}, [3, steps], "gd"),
+        plots.rare_ratio(
+            traces, {3: ht.select_per_kind(traces, at=3), steps: sel}, [3, steps], "gd"
+        ),
     ]
     assert all(f.axes for f in figs)
     plt.close("all")

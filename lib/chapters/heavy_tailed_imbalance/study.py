@@ -715,7 +715,14 @@ def ratio_over_seeds(num: Sequence[float], den: Sequence[float]) -> stats.Estima
 
 def grid_edge(entry: dict) -> str | None:
     """'bottom' or 'top' if a selection (an entry of :func:`select_per_kind`) chose the
-    smallest or largest learning rate of its grid, else None (a one-point grid is an edge)."""
+    smallest or largest learning rate of its grid, else None (a one-point grid is an edge).
+
+    A choice whose worst-seed score is exactly 0 is not an edge: the loss has reached its floor
+    (float32 rounds it to 0 on this separable problem), so no learning rate beyond the grid can
+    score better.
+    """
+    if entry["worst"][entry["best"]] == 0:
+        return None
     if entry["best"] == len(entry["exps"]) - 1:
         return "top"
     return "bottom" if entry["best"] == 0 else None
