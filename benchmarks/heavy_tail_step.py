@@ -8,7 +8,7 @@ reference is the same two products alone, timed in the same process, so the prin
 the fraction of the machine's matmul rate that the whole step keeps.  Best of a few repeats,
 one thread, interleaved so that background load hits both sides alike.
 
-    python benchmarks/heavy_tail_step.py   # book size: m = 8, 21 runs (7 optimizers x 3 lrs)
+    python benchmarks/heavy_tail_step.py   # second grid: m = 8; the main grid: --m 7 --runs 26
     python benchmarks/heavy_tail_step.py --m 7 --runs 1 8 21 42
 """
 
@@ -69,7 +69,7 @@ def bench(m: int, runs: int, repeats: int, device: str) -> dict[str, float]:
 def main() -> None:
     """Print one row per number of stacked runs."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--m", type=int, default=8, help="tiers of the synthetic problem (book: 8)")
+    ap.add_argument("--m", type=int, default=8, help="tiers (book: 7 main, 8 second grid)")
     ap.add_argument("--runs", type=int, nargs="+", default=[1, 21], help="stacked runs")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")

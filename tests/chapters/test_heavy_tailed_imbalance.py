@@ -356,6 +356,20 @@ def test_build_bigrams_caps_the_vocabulary():
     assert data.counts.tolist() == [3, 2, 2]
 
 
+def test_bigram_reference_losses():
+    tokens = "a b a c a b d a".split()
+    data = ht.build_bigrams(tokens, vocab_cap=2)  # ids a=0, b=1, unknown=2
+    groups = torch.tensor([0, 1, 1])
+    prior, mle = ht.bigram_reference_losses(data, groups, 2)
+    # next tokens: b a u a b u a -> group 0 (a): 3 tokens, group 1 (b, u): 4 tokens
+    assert prior[0] == pytest.approx(-math.log(3 / 7))
+    assert prior[1] == pytest.approx(-(2 * math.log(2 / 7) + 2 * math.log(2 / 7)) / 4)
+    # pairs a->b x2, a->u (row a: 3); b->a, b->u (row b: 2); u->a x2 (row u: 2)
+    assert mle[0] == pytest.approx(math.log(2) / 3)
+    assert mle[1] == pytest.approx(-(2 * math.log(2 / 3) + math.log(1 / 3) + math.log(1 / 2)) / 4)
+    assert np.all(mle <= prior + 1e-12)
+
+
 def test_bigram_losses_and_grads_match_autograd():
     torch.manual_seed(0)
     v, r = 5, 2

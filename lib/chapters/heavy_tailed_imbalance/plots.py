@@ -211,7 +211,7 @@ def gd_step_sizes(trace: Trace, best_adam: int, budgets: Sequence[int], color, m
         ax.plot(trace.steps, vals, "--", color=color, label="Adam+m (chosen)")
         for bud in budgets:
             ax.axvline(bud, color="grey", lw=0.8, ls=":")
-        ax.set(xscale="symlog", yscale="log", xlabel="step")
+        ax.set(xscale="symlog", yscale="log", xlabel="step", xlim=(0, trace.steps[-1]))
     axes[0, 0].set(ylabel="training loss (nats)", title=f"m = {m}: overall")
     axes[0, 1].set(ylabel="rarest-tier loss (nats)", title="rarest tier")
     axes[0, 0].legend(fontsize=6)
@@ -240,6 +240,7 @@ def rare_ratio(
     ax.set(
         xscale="symlog",
         yscale="log",
+        xlim=(0, traces[0].steps[-1]),
         xlabel="step",
         ylabel=f"rarest-tier loss, {LABELS[num]} / {LABELS[den]}",
         title="Ratio of rarest-tier losses (one line per seed)",

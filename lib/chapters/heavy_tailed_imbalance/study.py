@@ -479,6 +479,27 @@ def text_groups(counts: torch.Tensor, n_groups: int) -> torch.Tensor:
     return torch.cat([groups, torch.tensor([n_groups])])
 
 
+def bigram_reference_losses(
+    data: Bigrams, groups: torch.Tensor, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loss on the whole text, per group of next tokens, of two reference models: the unigram
+    prior (every row predicts the next-token frequencies: what any optimizer learns first) and
+    the bigram maximum-likelihood model count(a, z) / count(a) (the floor of this model's
+    training loss). Returns (prior (G,), mle (G,))."""
+    prev, nxt = data.prev.long(), data.nxt.long()
+    v = len(data.vocab)
+    freq = data.counts.double() / data.counts.sum()
+    pairs, pair_counts = torch.unique(torch.stack([prev, nxt], 1), dim=0, return_counts=True)
+    pair_counts = pair_counts.double()
+    row = torch.zeros(v, dtype=torch.float64).index_add_(0, pairs[:, 0], pair_counts)
+    g = groups[pairs[:, 1]]
+    mass = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, g, pair_counts)
+    prior = -freq[pairs[:, 1]].log() * pair_counts
+    mle = -(pair_counts / row[pairs[:, 0]]).log() * pair_counts
+    sums = [torch.zeros(n_groups, dtype=torch.float64).index_add_(0, g, x) for x in (prior, mle)]
+    return (sums[0] / mass).numpy(), (sums[1] / mass).numpy()
+
+
 def bigram_losses(
     w: torch.Tensor,
     b: torch.Tensor,
