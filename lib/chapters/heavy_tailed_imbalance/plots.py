@@ -226,14 +226,17 @@ def rare_ratio(
     den: str = "adam_m",
 ):
     """Rarest-tier loss of ``num`` over ``den`` along training, per seed, at the learning rates
-    chosen for each budget: it grows without bound as Adam's loss goes to 0."""
+    chosen for each budget: it grows without bound as Adam's loss goes to 0 (not drawn where
+    Adam's loss is exactly 0)."""
     cols = plotting.palette(len(budgets), "rocket")
     fig, axes = plotting.subplots(1, 1, width=5.0, height=3.0)
     ax = axes[0, 0]
     for j, bud in enumerate(budgets):
         g, a = selections[bud][num]["run"], selections[bud][den]["run"]
         for s, t in enumerate(traces):
-            ratio = t.group_loss[:, g, -1] / t.group_loss[:, a, -1]
+            num, den = t.group_loss[:, g, -1], t.group_loss[:, a, -1]
+            ratio = np.full(num.shape, np.nan)  # undefined once Adam's loss is exactly 0
+            np.divide(num, den, out=ratio, where=den > 0)
             lab = f"rates chosen at {bud} steps" if s == 0 else None
             ax.plot(t.steps, ratio, color=cols[j], lw=1, alpha=0.8, label=lab)
     ax.axhline(1, color="grey", ls=":")
