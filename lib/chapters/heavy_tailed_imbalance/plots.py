@@ -234,9 +234,9 @@ def rare_ratio(
     for j, bud in enumerate(budgets):
         g, a = selections[bud][num]["run"], selections[bud][den]["run"]
         for s, t in enumerate(traces):
-            num, den = t.group_loss[:, g, -1], t.group_loss[:, a, -1]
-            ratio = np.full(num.shape, np.nan)  # undefined once Adam's loss is exactly 0
-            np.divide(num, den, out=ratio, where=den > 0)
+            top, bottom = t.group_loss[:, g, -1], t.group_loss[:, a, -1]
+            ratio = np.full(top.shape, np.nan)  # undefined once Adam's loss is exactly 0
+            np.divide(top, bottom, out=ratio, where=bottom > 0)
             lab = f"rates chosen at {bud} steps" if s == 0 else None
             ax.plot(t.steps, ratio, color=cols[j], lw=1, alpha=0.8, label=lab)
     ax.axhline(1, color="grey", ls=":")
