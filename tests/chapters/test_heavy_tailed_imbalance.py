@@ -33,15 +33,47 @@ def test_labels_and_inputs():
     m = 5
     y = ht.make_labels(m)
     assert torch.equal(torch.bincount(y), ht.class_counts(m))
-    x = ht.make_inputs(m, seed=3)
-    n, _, d = ht.sizes(m)
+    x, y2, (w, b) = ht.make_problem(m, seed=3)
+    n, c, d = ht.sizes(m)
+    assert torch.equal(y, y2)
     assert x.shape == (n, d) and x.dtype == torch.float32
     assert float(x.min()) >= 0.0 and float(x.max()) < 1.0
     assert abs(float(x.mean()) - 0.5) < 0.01  # not centred
-    assert torch.equal(x, ht.make_inputs(m, seed=3))  # the seed fixes the data
-    assert not torch.equal(x, ht.make_inputs(m, seed=4))
-    xc = ht.make_inputs(m, seed=3, centred=True)
+    x3, _, (w3, b3) = ht.make_problem(m, seed=3)
+    assert torch.equal(x, x3) and torch.equal(w, w3) and torch.equal(b, b3)  # the seed fixes all
+    assert not torch.equal(x, ht.make_problem(m, seed=4)[0])
+    xc, _, (wc, _) = ht.make_problem(m, seed=3, centred=True)
     assert torch.allclose(xc, x - 0.5) and abs(float(xc.mean())) < 0.01
+    assert torch.equal(wc, w)  # centring shifts the inputs, the stream stays the same
+
+
+def test_initialisation_is_independent_of_the_data():
+    """The defect of issue 10: two generators from one seed made row k of W = (2 X[k] - 1)/sqrt(d).
+    Drawn from one stream after the data, W's rows correlate with the samples no more than two
+    independent draws do, and every tier starts at about log c."""
+    m = 7
+    n, c, d = ht.sizes(m)
+    scale = ht.independent_correlation_scale(c, n, d)
+    g = torch.Generator().manual_seed(123)  # two independent draws of the same shapes
+    ref = ht.max_abs_correlation(torch.rand(c, d, generator=g), torch.rand(n, d, generator=g))
+    assert 0.5 < ref / scale < 1.5  # the extreme-value scale is where independent draws land
+    for seed in (0, 1, 7, 11):
+        x, y, (w, b) = ht.make_problem(m, seed)
+        assert ht.max_abs_correlation(w, x) / scale < 1.5
+        assert not torch.allclose(w[0], (2 * x[0] - 1) / math.sqrt(d), atol=1e-3)
+        losses, _ = ht.sample_losses(x, y, w[None], b[None])
+        tier_loss = ht.group_means(losses, ht.class_tiers(m)[y], m)[:, 0]
+        assert float((tier_loss - math.log(c)).abs().max()) < 1.0
+    # the old construction (a fresh generator for the init) fails both tests (at m = 8)
+    m = 8
+    n, c, d = ht.sizes(m)
+    gen = torch.Generator().manual_seed(0)
+    x = ht.make_inputs(m, gen)
+    w, b = ht.init_linear(d, c, torch.Generator().manual_seed(0))
+    assert ht.max_abs_correlation(w, x) > 0.99
+    losses, _ = ht.sample_losses(x, ht.make_labels(m), w[None], b[None])
+    tier0 = float(ht.group_means(losses, ht.class_tiers(m)[ht.make_labels(m)], m)[0, 0])
+    assert tier0 - math.log(c) > 1.0
 
 
 def test_equal_mass_groups_recover_tiers_and_are_equal_mass():
@@ -89,7 +121,7 @@ def test_loss_and_grads_match_autograd_and_finite_differences(weighted):
     torch.manual_seed(0)
     m = 3
     n, c, d = ht.sizes(m)
-    x = ht.make_inputs(m, 0).double()
+    x = ht.make_problem(m, 0)[0].double()
     y = ht.make_labels(m)
     w = torch.randn(2, c, d, dtype=torch.float64)
     b = torch.randn(2, c, dtype=torch.float64)
@@ -110,10 +142,44 @@ def test_loss_and_grads_match_autograd_and_finite_differences(weighted):
 
 
 def test_init_is_torch_default_range_and_shared_across_runs():
-    w, b = ht.init_linear(100, 7, 3, seed=1)
-    assert w.shape == (3, 7, 100) and b.shape == (3, 7)
+    w, b = ht.init_linear(100, 7, torch.Generator().manual_seed(1))
+    assert w.shape == (7, 100) and b.shape == (7,)
     assert float(w.abs().max()) <= 0.1 and float(w.abs().max()) > 0.09
-    assert torch.equal(w[0], w[2]) and torch.equal(b[0], b[1])
+    traces, _, _ = _small_grid()
+    start = traces[0].class_loss_at[0]
+    assert np.allclose(start, start[:1])  # every run of a seed starts from the same init
+
+
+def test_hessian_top_eigenvalue_matches_dense_hessian_and_the_prior_formula():
+    torch.manual_seed(0)
+    x = torch.rand(30, 6, dtype=torch.float64)
+    w, b = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    y = torch.randint(0, 4, (30,))
+
+    def loss(theta):
+        return torch.nn.functional.cross_entropy(x @ theta[:, :6].t() + theta[:, 6], y)
+
+    theta = torch.cat([w, b[:, None]], 1)
+    dense = torch.autograd.functional.hessian(loss, theta).reshape(28, 28)
+    top = float(torch.linalg.eigvalsh(dense)[-1])
+    got = ht.hessian_top_eigenvalue(x, w, b, iters=500, dtype=torch.float64)
+    assert got == pytest.approx(top, rel=1e-6)
+    m = 6  # at W = 0, b = log pi every sample predicts the prior: H = S (x) E[x~ x~^T]
+    x, y, _ = ht.make_problem(m, 0)
+    pi = ht.class_counts(m).float() / ht.sizes(m)[0]
+    lam = ht.hessian_top_eigenvalue(x, torch.zeros(ht.sizes(m)[1], ht.sizes(m)[2]), pi.log())
+    assert lam == pytest.approx(ht.hessian_top_formula(m, "prior"), rel=0.02)
+
+
+def test_predicted_learning_rate_shifts():
+    assert ht.predicted_lr_shift("gd", 11, 11) == 0.0
+    assert ht.predicted_lr_shift("adam_m", 11, 7) == pytest.approx(math.log10(24576 / 1024))
+    assert ht.predicted_lr_shift("normgd", 11, 7) == pytest.approx(0.5 * math.log10(24))
+    shift = ht.predicted_lr_shift("gd_m", 11, 7)  # lambda ~ pi_max d / 4 -> about 1.2 decades
+    assert shift == pytest.approx(ht.predicted_lr_shift("gd", 11, 7))
+    assert 1.0 < shift < 1.4
+    with pytest.raises(ValueError):
+        ht.predicted_lr_shift("lion", 11, 7)
 
 
 def test_per_class_grad_hessian_matches_autograd():
@@ -290,6 +356,20 @@ def test_build_bigrams_caps_the_vocabulary():
     assert data.counts.tolist() == [3, 2, 2]
 
 
+def test_bigram_reference_losses():
+    tokens = "a b a c a b d a".split()
+    data = ht.build_bigrams(tokens, vocab_cap=2)  # ids a=0, b=1, unknown=2
+    groups = torch.tensor([0, 1, 1])
+    prior, mle = ht.bigram_reference_losses(data, groups, 2)
+    # next tokens: b a u a b u a -> group 0 (a): 3 tokens, group 1 (b, u): 4 tokens
+    assert prior[0] == pytest.approx(-math.log(3 / 7))
+    assert prior[1] == pytest.approx(-(2 * math.log(2 / 7) + 2 * math.log(2 / 7)) / 4)
+    # pairs a->b x2, a->u (row a: 3); b->a, b->u (row b: 2); u->a x2 (row u: 2)
+    assert mle[0] == pytest.approx(math.log(2) / 3)
+    assert mle[1] == pytest.approx(-(2 * math.log(2 / 3) + math.log(1 / 3) + math.log(1 / 2)) / 4)
+    assert np.all(mle <= prior + 1e-12)
+
+
 def test_bigram_losses_and_grads_match_autograd():
     torch.manual_seed(0)
     v, r = 5, 2
@@ -360,15 +440,24 @@ def test_ratio_over_seeds_is_a_geometric_mean_with_a_log_t_interval():
 
 def test_grid_edges_and_the_unresolved_reason():
     sel = {
-        "gd": {"exps": [-2.0, -1.5, -1.0], "best": 2, "exp": -1.0},
-        "adam": {"exps": [-3.0, -2.5, -2.0], "best": 1, "exp": -2.5},
-        "adam_m": {"exps": [-3.0, -2.5], "best": 0, "exp": -3.0},
+        "gd": {"exps": [-2.0, -1.5, -1.0], "best": 2, "exp": -1.0, "worst": [3.0, 2.0, 1.0]},
+        "adam": {"exps": [-3.0, -2.5, -2.0], "best": 1, "exp": -2.5, "worst": [3.0, 1.0, 2.0]},
+        "adam_m": {"exps": [-3.0, -2.5], "best": 0, "exp": -3.0, "worst": [1.0, 2.0]},
     }
     assert [ht.grid_edge(sel[k]) for k in sel] == ["top", None, "bottom"]
+    floor = {"exps": [0.0, 1.0, 2.0], "best": 2, "exp": 2.0, "worst": [1.0, 1e-6, 0.0]}
+    assert ht.grid_edge(floor) is None  # the loss is at its floor: nothing beyond can beat it
+    floor = {"exps": [0.0, 1.0, 2.0], "best": 0, "exp": 0.0, "worst": [0.0, 0.0, 0.0]}
+    assert ht.grid_edge(floor) is None
     assert ht.edge_reason((sel, ["adam"])) is None
     reason = ht.edge_reason((sel, ["gd", "adam"]), (sel, ["adam_m"]))
     assert "GD 10^-1.0 (top)" in reason and "Adam+m 10^-3.0 (bottom)" in reason
     assert "Adam 10^" not in reason
+
+
+def test_budgets_of():
+    assert ht.budgets_of(1000) == [100, 300, 1000]
+    assert ht.budgets_of(5) == [1, 5]
 
 
 def test_rank_correlation_slope_and_best_over_kinds():
@@ -401,7 +490,10 @@ def test_figures_draw_without_warnings(recwarn):
     figs = [
         plots.selection_scores(traces, sel, colors, steps),
         plots.tier_panels(traces[0], sel, colors, m),
-        plots.caveat(traces[0], sel["adam_m"]["run"], [3, steps], "r", m),
+        plots.gd_step_sizes(traces[0], sel["adam_m"]["run"], [3, steps], "r", m),
+        plots.rare_ratio(
+            traces, {3: ht.select_per_kind(traces, at=3), steps: sel}, [3, steps], "gd"
+        ),
     ]
     assert all(f.axes for f in figs)
     plt.close("all")

@@ -197,21 +197,56 @@ def bigram(lm: Trace, lm_sel: dict, groups: np.ndarray, counts: np.ndarray, n_gr
     return fig
 
 
-def caveat(cav: Trace, best_adam: int, budgets: Sequence[int], color, caveat_m: int):
-    """GD at every step size of the long run (overall and rarest tier), best Adam+m dashed."""
-    gd_runs = [i for i, k in enumerate(cav.kinds) if k == "gd"]
+def gd_step_sizes(trace: Trace, best_adam: int, budgets: Sequence[int], color, m: int):
+    """GD at every step size of the main grid (overall and rarest tier; first seed), the
+    Adam+m run chosen at the full budget dashed, the budgets dotted."""
+    gd_runs = [i for i, k in enumerate(trace.kinds) if k == "gd"]
     cols = plotting.palette(len(gd_runs), "rocket")
     fig, axes = plotting.subplots(1, 2, width=3.6, height=2.8)
     for j, i in enumerate(gd_runs):
-        lab = f"GD, lr $10^{{{np.log10(cav.lrs[i]):+.1f}}}$"
-        axes[0, 0].plot(cav.steps, cav.loss[:, i], color=cols[j], label=lab)
-        axes[0, 1].plot(cav.steps, cav.group_loss[:, i, -1], color=cols[j])
-    for ax, vals in zip(axes[0], (cav.loss[:, best_adam], cav.group_loss[:, best_adam, -1])):
-        ax.plot(cav.steps, vals, "--", color=color, label="Adam+m (best)")
+        lab = f"GD, lr $10^{{{np.log10(trace.lrs[i]):+.1f}}}$"
+        axes[0, 0].plot(trace.steps, trace.loss[:, i], color=cols[j], label=lab)
+        axes[0, 1].plot(trace.steps, trace.group_loss[:, i, -1], color=cols[j])
+    for ax, vals in zip(axes[0], (trace.loss[:, best_adam], trace.group_loss[:, best_adam, -1])):
+        ax.plot(trace.steps, vals, "--", color=color, label="Adam+m (chosen)")
         for bud in budgets:
             ax.axvline(bud, color="grey", lw=0.8, ls=":")
-        ax.set(xscale="log", yscale="log", xlabel="step")
-    axes[0, 0].set(ylabel="training loss (nats)", title=f"m = {caveat_m}: overall")
+        ax.set(xscale="symlog", yscale="log", xlabel="step", xlim=(0, trace.steps[-1]))
+    axes[0, 0].set(ylabel="training loss (nats)", title=f"m = {m}: overall")
     axes[0, 1].set(ylabel="rarest-tier loss (nats)", title="rarest tier")
     axes[0, 0].legend(fontsize=6)
+    return fig
+
+
+def rare_ratio(
+    traces: Sequence[Trace],
+    selections: dict,
+    budgets: Sequence[int],
+    num: str = "gd_m",
+    den: str = "adam_m",
+):
+    """Rarest-tier loss of ``num`` over ``den`` along training, per seed, at the learning rates
+    chosen for each budget: it grows without bound as Adam's loss goes to 0 (not drawn where
+    Adam's loss is exactly 0)."""
+    cols = plotting.palette(len(budgets), "rocket")
+    fig, axes = plotting.subplots(1, 1, width=5.0, height=3.0)
+    ax = axes[0, 0]
+    for j, bud in enumerate(budgets):
+        g, a = selections[bud][num]["run"], selections[bud][den]["run"]
+        for s, t in enumerate(traces):
+            top, bottom = t.group_loss[:, g, -1], t.group_loss[:, a, -1]
+            ratio = np.full(top.shape, np.nan)  # undefined once Adam's loss is exactly 0
+            np.divide(top, bottom, out=ratio, where=bottom > 0)
+            lab = f"rates chosen at {bud} steps" if s == 0 else None
+            ax.plot(t.steps, ratio, color=cols[j], lw=1, alpha=0.8, label=lab)
+    ax.axhline(1, color="grey", ls=":")
+    ax.set(
+        xscale="symlog",
+        yscale="log",
+        xlim=(0, traces[0].steps[-1]),
+        xlabel="step",
+        ylabel=f"rarest-tier loss, {LABELS[num]} / {LABELS[den]}",
+        title="Ratio of rarest-tier losses (one line per seed)",
+    )
+    ax.legend(fontsize=7)
     return fig

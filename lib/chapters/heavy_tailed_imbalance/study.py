@@ -56,13 +56,28 @@ def make_labels(m: int, device: torch.device | str = "cpu") -> torch.Tensor:
 
 
 def make_inputs(
-    m: int, seed: int, device: torch.device | str = "cpu", centred: bool = False
+    m: int, gen: torch.Generator, device: torch.device | str = "cpu", centred: bool = False
 ) -> torch.Tensor:
-    """Inputs i.i.d. uniform on [0, 1) (or on [-1/2, 1/2) if centred), float32, on the device."""
+    """Inputs i.i.d. uniform on [0, 1) (or on [-1/2, 1/2) if centred), float32, on the device,
+    drawn from ``gen`` (which the initialisation then continues: see :func:`make_problem`)."""
     n, _, d = sizes(m)
-    gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.rand(n, d, generator=gen, device=device, dtype=torch.float32)
     return x.sub_(0.5) if centred else x
+
+
+def make_problem(
+    m: int, seed: int, device: torch.device | str = "cpu", centred: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Inputs, labels and the initial (W, b) of one seed, drawn from ONE random stream: the
+    data first, then the initialisation, as in the authors' code (seed, then data, then model).
+
+    Two generators started from the same seed would give the same numbers to the data and the
+    weights: row k of W would be a rescaled copy of sample k.
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = make_inputs(m, gen, device, centred)
+    _, c, d = sizes(m)
+    return x, make_labels(m, device), init_linear(d, c, gen, device)
 
 
 def equal_mass_groups(counts: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -101,15 +116,29 @@ class Trace:
 
 
 def init_linear(
-    d: int, c: int, runs: int, seed: int, device: torch.device | str = "cpu"
+    d: int, c: int, gen: torch.Generator, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PyTorch's default Linear init U(-1/sqrt(d), 1/sqrt(d)), the same for every run:
-    W (R, c, d), b (R, c)."""
-    gen = torch.Generator(device=device).manual_seed(seed)
+    """PyTorch's default Linear init U(-1/sqrt(d), 1/sqrt(d)) from ``gen``: W (c, d), b (c,)."""
     bound = 1 / math.sqrt(d)
-    w = torch.rand(1, c, d, generator=gen, device=device).mul_(2 * bound).sub_(bound)
-    b = torch.rand(1, c, generator=gen, device=device).mul_(2 * bound).sub_(bound)
-    return w.repeat(runs, 1, 1), b.repeat(runs, 1)
+    w = torch.rand(c, d, generator=gen, device=device).mul_(2 * bound).sub_(bound)
+    b = torch.rand(c, generator=gen, device=device).mul_(2 * bound).sub_(bound)
+    return w, b
+
+
+def max_abs_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest |Pearson correlation| between a row of ``a`` and a row of ``b`` (same width)."""
+    za = a.double() - a.double().mean(1, keepdim=True)
+    zb = b.double() - b.double().mean(1, keepdim=True)
+    za = za / za.norm(dim=1, keepdim=True)
+    zb = zb / zb.norm(dim=1, keepdim=True)
+    return float((za @ zb.t()).abs().max())
+
+
+def independent_correlation_scale(rows_a: int, rows_b: int, width: int) -> float:
+    """Where the largest |correlation| between rows_a x rows_b pairs of independent vectors of
+    ``width`` entries lies: each correlation is about N(0, 1/width), and the largest |.| of N
+    such values is about sqrt(2 log(2N) / width) (the Gaussian extreme-value scale)."""
+    return math.sqrt(2 * math.log(2 * rows_a * rows_b) / width)
 
 
 def sample_losses(
@@ -167,7 +196,7 @@ def train_stack(
     kinds: Sequence[str],
     lrs: Sequence[float],
     steps: int,
-    seed: int,
+    init: tuple[torch.Tensor, torch.Tensor],
     sample_w: torch.Tensor | None = None,
     record_every: int = 1,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
@@ -175,13 +204,15 @@ def train_stack(
 ) -> Trace:
     """Full-batch training of len(kinds) runs of a linear softmax model with bias, all stacked.
 
-    Runs share the data and the initialisation (as the paper's runs with one seed do);
+    Runs share the data and the initialisation ``init`` = (W (c, d), b (c,)) (as the paper's
+    runs with one seed do);
     losses are recorded from the forward pass of each step, so tracking them is free.
     ``callback(t, W, b)`` (if given) sees the parameters before update t. The per-class
     losses are kept at step 0, at the steps in ``class_steps`` and at the end.
     """
     n_classes = int(y.max()) + 1
-    w, b = init_linear(x.shape[1], n_classes, len(kinds), seed, x.device)
+    r = len(kinds)
+    w, b = init[0].unsqueeze(0).repeat(r, 1, 1), init[1].unsqueeze(0).repeat(r, 1)
     opt = StackedOptimizer([w, b], [0, 0], list(kinds), list(lrs))
     rec_steps, groups, overall = [], [], []
     keep = {0, *class_steps}
@@ -317,6 +348,99 @@ def per_class_grad_hessian(
     return grad_norm.cpu().numpy(), hess_trace.cpu().numpy()
 
 
+def hessian_top_eigenvalue(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    iters: int = 60,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """Largest eigenvalue of the Hessian of the mean cross-entropy of a linear softmax model
+    (W (c, d), b (c,)) by power iteration on exact Hessian-vector products.
+
+    The Hessian is (1/n) sum_i S_i (x) x~_i x~_i^T with S_i = diag(p_i) - p_i p_i^T and
+    x~ = (x, 1), so H V = Z^T X~ / n with U = X~ V^T and Z = P * U - P rowsum(P * U). It is
+    positive semi-definite, so power iteration converges to its largest eigenvalue.
+    """
+    ones = torch.ones(x.shape[0], 1, dtype=dtype, device=x.device)
+    xt = torch.cat([x.to(dtype), ones], 1)
+    theta = torch.cat([w.to(dtype), b.to(dtype).unsqueeze(1)], 1)  # (c, d + 1)
+    p = torch.softmax(xt @ theta.t(), dim=1)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    v = torch.randn(theta.shape, generator=gen, device=x.device).to(dtype)
+    v /= v.norm()
+    lam = 0.0
+    for _ in range(iters):
+        pu = p * (xt @ v.t())
+        hv = (pu - p * pu.sum(1, keepdim=True)).t() @ xt / x.shape[0]
+        lam = float((hv * v).sum())
+        v = hv / hv.norm()
+    return lam
+
+
+def input_moment_top(d: int) -> float:
+    """Largest eigenvalue of E[x~ x~^T] for x uniform on [0, 1)^d and x~ = (x, 1): the mean
+    direction (1/2, ..., 1/2, 1) carries d/4 + 1, plus the per-coordinate variance 1/12."""
+    return d / 4 + 1 + 1 / 12
+
+
+def prior_softmax_top(m: int) -> float:
+    """Largest eigenvalue of diag(pi) - pi pi^T for the class frequencies of the m-tier problem
+    (the softmax covariance once the model predicts the class prior for every input)."""
+    pi = class_counts(m).double() / sizes(m)[0]
+    return float(torch.linalg.eigvalsh(torch.diag(pi) - torch.outer(pi, pi))[-1])
+
+
+def hessian_top_formula(m: int, at: str) -> float:
+    """Predicted largest Hessian eigenvalue, uniform [0, 1) inputs: S (x) E[x~ x~^T] with the
+    softmax covariance S of uniform predictions at initialisation (top eigenvalue 1/c) or of
+    predictions equal to the class prior (``at`` = "init" or "prior")."""
+    _, c, d = sizes(m)
+    s_top = 1.0 / c if at == "init" else prior_softmax_top(m)
+    return s_top * input_moment_top(d)
+
+
+# The learning rates of the paper's per-class figures (log10, m = 11, 1 000 steps), from the
+# authors' balanced_x_perclass.py (GD, GD+m, Adam, Adam+m; Fig. 2) and
+# balanced_x_perclass_alt_opt.py (sign and normalized descent; Sec. 2.3).
+PAPER_LR_M11 = {
+    "gd": -2.5,
+    "gd_m": -3.0,
+    "adam": -4.0,
+    "adam_m": -3.5,
+    "sign": -5.0,
+    "sign_m": -5.0,
+    "normgd": -1.0,
+    "normgd_m": -1.5,
+}
+PAPER_M = 11
+
+
+def predicted_lr_shift(kind: str, m_from: int, m_to: int) -> float:
+    """Predicted change of log10 of the best learning rate when the problem goes from m_from to
+    m_to tiers, from how the step size each optimizer can take scales with the problem.
+
+    - GD, GD+m (and their heavy ball): the step is capped by the stability limit 2/lambda_max
+      (2(1+beta)/lambda_max with momentum: the same scaling), and within a few steps the
+      model predicts the class prior, where lambda_max = :func:`hessian_top_formula` "prior".
+    - Adam, sign descent: each coordinate moves by about the learning rate, and a row of W
+      moved by lr in every coordinate changes a logit by about lr d/2 (inputs with mean 1/2),
+      so the usable learning rate scales like 1/d.
+    - normalized GD: the whole step has norm lr, which changes a logit by at most lr |x~|
+      ~ lr sqrt(d/3): the usable learning rate scales like 1/sqrt(d).
+    """
+    base = kind.removesuffix("_m")
+    if base == "gd":
+        return math.log10(hessian_top_formula(m_from, "prior") / hessian_top_formula(m_to, "prior"))
+    d_from, d_to = sizes(m_from)[2], sizes(m_to)[2]
+    if base in ("adam", "sign"):
+        return math.log10(d_from / d_to)
+    if base == "normgd":
+        return 0.5 * math.log10(d_from / d_to)
+    raise ValueError(f"no scaling rule for optimizer {kind!r}")
+
+
 def loglog_slope(freq: np.ndarray, values: np.ndarray) -> float:
     """Least-squares slope of log(values) against log(freq)."""
     return float(np.polyfit(np.log(freq), np.log(values), 1)[0])
@@ -353,6 +477,27 @@ def text_groups(counts: torch.Tensor, n_groups: int) -> torch.Tensor:
     group n_groups."""
     groups = equal_mass_groups(counts[:-1], n_groups)
     return torch.cat([groups, torch.tensor([n_groups])])
+
+
+def bigram_reference_losses(
+    data: Bigrams, groups: torch.Tensor, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loss on the whole text, per group of next tokens, of two reference models: the unigram
+    prior (every row predicts the next-token frequencies: what any optimizer learns first) and
+    the bigram maximum-likelihood model count(a, z) / count(a) (the floor of this model's
+    training loss). Returns (prior (G,), mle (G,))."""
+    prev, nxt = data.prev.long(), data.nxt.long()
+    v = len(data.vocab)
+    freq = data.counts.double() / data.counts.sum()
+    pairs, pair_counts = torch.unique(torch.stack([prev, nxt], 1), dim=0, return_counts=True)
+    pair_counts = pair_counts.double()
+    row = torch.zeros(v, dtype=torch.float64).index_add_(0, pairs[:, 0], pair_counts)
+    g = groups[pairs[:, 1]]
+    mass = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, g, pair_counts)
+    prior = -freq[pairs[:, 1]].log() * pair_counts
+    mle = -(pair_counts / row[pairs[:, 0]]).log() * pair_counts
+    sums = [torch.zeros(n_groups, dtype=torch.float64).index_add_(0, g, x) for x in (prior, mle)]
+    return (sums[0] / mass).numpy(), (sums[1] / mass).numpy()
 
 
 def bigram_losses(
@@ -470,16 +615,15 @@ def run_grid(
     """Train every (kind, learning rate) of the grid for each seed, stacking up to max_stack
     runs per model.
 
-    As in the authors' code the seed fixes both the data and the initialisation.
+    As in the authors' code the seed fixes both the data and the initialisation, drawn from
+    one stream (:func:`make_problem`).
     """
     kinds, lrs = grid_runs(grid)
-    y = make_labels(m, device)
-    tiers = class_tiers(m).to(device)[y]
-    c = sizes(m)[1]
-    sample_w = sqrt_class_weights(y, c) if weighted else None
     traces = []
     for s in seeds:
-        x = make_inputs(m, s, device, centred)
+        x, y, init = make_problem(m, s, device, centred)
+        tiers = class_tiers(m).to(device)[y]
+        sample_w = sqrt_class_weights(y, sizes(m)[1]) if weighted else None
         parts = [
             train_stack(
                 x,
@@ -489,7 +633,7 @@ def run_grid(
                 kinds[i : i + max_stack],
                 lrs[i : i + max_stack],
                 steps,
-                s,
+                init,
                 sample_w,
                 record_every,
                 class_steps=class_steps,
@@ -592,7 +736,14 @@ def ratio_over_seeds(num: Sequence[float], den: Sequence[float]) -> stats.Estima
 
 def grid_edge(entry: dict) -> str | None:
     """'bottom' or 'top' if a selection (an entry of :func:`select_per_kind`) chose the
-    smallest or largest learning rate of its grid, else None (a one-point grid is an edge)."""
+    smallest or largest learning rate of its grid, else None (a one-point grid is an edge).
+
+    A choice whose worst-seed score is exactly 0 is not an edge: the loss has reached its floor
+    (float32 rounds it to 0 on this separable problem), so no learning rate beyond the grid can
+    score better.
+    """
+    if entry["worst"][entry["best"]] == 0:
+        return None
     if entry["best"] == len(entry["exps"]) - 1:
         return "top"
     return "bottom" if entry["best"] == 0 else None
@@ -611,6 +762,12 @@ def edge_reason(*uses: tuple[dict[str, dict], Sequence[str]]) -> str | None:
         if (edge := grid_edge(sel[k]))
     ]
     return "chosen learning rate at the edge of its grid: " + ", ".join(edges) if edges else None
+
+
+def budgets_of(steps: int) -> list[int]:
+    """The step budgets at which learning rates are chosen: steps/10, 3 steps/10 and steps
+    (100, 300 and 1 000 at the paper's 1 000 steps)."""
+    return sorted({max(1, steps // 10), max(1, (3 * steps) // 10), steps})
 
 
 def rank_correlation(rows: np.ndarray) -> float:
