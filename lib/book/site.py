@@ -82,7 +82,7 @@ def papers_table(
             f"**{caption}**",
             "",
             "| paper | chapter | headline verdict | headline (here, 95 % interval) "
-            "| paper's number | findings: reproduced / partly / not / inconclusive |",
+            "| paper's number | findings (reproduced / partly / not / inconclusive) |",
             "|---|---|---|---|---|---|",
         ]
         for p in papers[list_name]:
@@ -99,7 +99,7 @@ def papers_table(
                 head = rec.get("headline") or {}
                 link = f"[{rec.get('title', name)}]({Path(toc[name]).relative_to('book')}.ipynb)"
                 status = head.get("verdict", "not stated")
-                here = (f"{head.get('text', '')}: {fmt(head.get('value'))} "
+                here = (f"{short(head.get('text', ''))}: {fmt(head.get('value'))} "
                         f"{fmt_ci(head.get('ci'))}") if head else "-"
                 paper = fmt(head.get("paper_value")) if head else "-"
                 row = [cite, link, status, here, paper, verdict_counts(rec)]
@@ -110,6 +110,12 @@ def papers_table(
             out.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def short(text: str, limit: int = 80) -> str:
+    """A finding's text for a table cell: up to its first parenthesis, at most ``limit``."""
+    text = text.split(" (")[0]
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
 
 
 def verdict_counts(record: dict[str, Any]) -> str:
