@@ -417,6 +417,28 @@ def dataset_files(name: str) -> list[Path]:
 # ---------------------------------------------------------------- loaders
 
 
+# The 17 universal part-of-speech tags (column 4 of CoNLL-U), in UD's order.
+UPOS = (
+    "ADJ",
+    "ADP",
+    "ADV",
+    "AUX",
+    "CCONJ",
+    "DET",
+    "INTJ",
+    "NOUN",
+    "NUM",
+    "PART",
+    "PRON",
+    "PROPN",
+    "PUNCT",
+    "SCONJ",
+    "SYM",
+    "VERB",
+    "X",
+)
+
+
 def read_conllu(file: Path) -> list[Sentence]:
     """Words and UPOS tags of each sentence of a CoNLL-U file (multiword-token and empty-node
     lines skipped)."""

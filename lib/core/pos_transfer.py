@@ -19,27 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.core import cache, pruning
+from lib.core.data import UPOS
 from lib.core.train import correct_items, fit
 
-UPOS = [
-    "ADJ",
-    "ADP",
-    "ADV",
-    "AUX",
-    "CCONJ",
-    "DET",
-    "INTJ",
-    "NOUN",
-    "NUM",
-    "PART",
-    "PRON",
-    "PROPN",
-    "PUNCT",
-    "SCONJ",
-    "SYM",
-    "VERB",
-    "X",
-]
 TAG_ID = {t: i for i, t in enumerate(UPOS)}
 IGNORE = -100
 

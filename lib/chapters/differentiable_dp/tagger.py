@@ -16,28 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from lib.chapters.differentiable_dp import smooth_dp
+from lib.core.data import UPOS
 from lib.core.train import correct_items, fit
 
 Sentence = tuple[list[str], list[str]]
-UPOS = [
-    "ADJ",
-    "ADP",
-    "ADV",
-    "AUX",
-    "CCONJ",
-    "DET",
-    "INTJ",
-    "NOUN",
-    "NUM",
-    "PART",
-    "PRON",
-    "PROPN",
-    "PUNCT",
-    "SCONJ",
-    "SYM",
-    "VERB",
-    "X",
-]  # the 17 universal POS tags
 KINDS = ("softmax", "entropy", "l2")
 
 
