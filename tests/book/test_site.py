@@ -102,6 +102,9 @@ def test_page_loads_images_and_links(browser, server, path):
     if path.startswith("book/chapters/"):
         assert sizes, f"{path} shows no figure"
         assert "holds" in page.inner_text("article"), f"{path}: no claims table"
+        headers = page.eval_on_selector_all("article table th", "els => els.map(e => e.innerText)")
+        assert "verdict" in headers and "criterion" in headers, \
+            f"{path}: the records tables did not render as tables"
     hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))")
     for href in set(hrefs):
         url = urljoin(server + path, href)
