@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.core import cache, pruning
+from lib.core import pruning
 from lib.core.data import UPOS
 from lib.core.train import correct_items, fit
 
@@ -376,11 +376,6 @@ def subword_overlap(
 def trainable_state(tagger: Tagger) -> dict[str, torch.Tensor]:
     """The parameters fine-tuning changes (everything but the frozen embeddings)."""
     return {n: p.detach().clone() for n, p in tagger.named_parameters() if p.requires_grad}
-
-
-def cache_key(**parts) -> str:
-    """A short stable hash of a JSON-able description (:func:`lib.core.cache.cache_key`)."""
-    return cache.cache_key(parts)
 
 
 def train_config_dict(cfg: TrainConfig) -> dict:
