@@ -689,3 +689,46 @@ def test_cnn_grid_is_reproducible_per_seed_and_training_lowers_the_loss():
         assert t.kinds == ["gd", "adam_m"] and np.allclose(t.lrs, [0.1, 0.01])
         assert np.all(t.loss[-1] < t.loss[0])
         assert abs(t.loss[0, 0] - math.log(len(sets_a[0].counts))) < 1.0  # starts near log c
+
+
+def test_rare_budget_ratio_counts_steps_stable_step_and_rarest_frequency():
+    assert math.isclose(ht.rare_budget_ratio(ht.PAPER_M, 1000), 1.0)
+    assert math.isclose(ht.rare_budget_ratio(7, 1000), 10 * ht.rare_budget_ratio(7, 100))
+
+    # by hand: steps x 2/lambda_prior x 2/n, over the paper's
+    def units(m, t):
+        return t * 2 / ht.hessian_top_formula(m, "prior") * 2 / ht.sizes(m)[0]
+
+    assert math.isclose(ht.rare_budget_ratio(8, 100), units(8, 100) / units(11, 1000))
+    # a smaller problem gives its rarest classes more budget per step
+    assert ht.rare_budget_ratio(7, 1000) > ht.rare_budget_ratio(8, 1000) > 1.0
+
+
+def test_refutation_rule_is_one_sided():
+    from lib.book.stats import Estimate
+
+    little = {"at_most": 0.1, "partly": 0.5}
+    fitted = Estimate(0.95, (0.9, 1.0), 3, "t")
+    stalled = Estimate(0.02, (0.0, 0.05), 3, "t")
+    middling = Estimate(0.3, (0.25, 0.35), 3, "t")
+    # a budget within the paper's never leaves a finding unresolved
+    assert ht.refutation_unresolved(fitted, little, True, "x") is None
+    # beyond it, a refutation (not reproduced or partly) is unresolved, a confirmation stands
+    assert "cannot refute" in ht.refutation_unresolved(fitted, little, False, "settle")
+    assert ht.refutation_unresolved(middling, little, False, "settle").endswith("settle")
+    assert ht.refutation_unresolved(stalled, little, False, "settle") is None
+    # "progress" findings (at_least) are not touched
+    assert ht.refutation_unresolved(stalled, {"at_least": 0.75}, False, "settle") is None
+
+
+def test_cnn_budget_ratio_and_the_problem_of_a_seed():
+    x, y = _balanced_images(per_class=12)
+    kw = dict(bits=2, per_tail_class=2, head_per_class=8, image_size=14, channels=(2, 4))
+    data, init = cnn.problem(x, y, 4, **kw)
+    again, init2 = cnn.problem(x, y, 4, **kw)
+    assert torch.equal(data.x, again.x) and all(torch.equal(a, b) for a, b in zip(init, init2))
+    n = int(data.counts.sum())
+    paper = cnn.PAPER_PER_TAIL_CLASS / cnn.PAPER_IMAGES * cnn.PAPER_STEPS
+    assert cnn.PAPER_IMAGES == 101_200
+    assert math.isclose(cnn.rare_budget_ratio(data, 30), 2 / n * 30 / paper)
+    assert cnn.module_check(data, init, ["gd", "adam_m"], [0.1, 0.01], n=16) < 1e-4
