@@ -732,3 +732,22 @@ def test_cnn_budget_ratio_and_the_problem_of_a_seed():
     assert cnn.PAPER_IMAGES == 101_200
     assert math.isclose(cnn.rare_budget_ratio(data, 30), 2 / n * 30 / paper)
     assert cnn.module_check(data, init, ["gd", "adam_m"], [0.1, 0.01], n=16) < 1e-4
+
+
+def test_cnn_figure_draws_without_warnings(recwarn):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lib.chapters.heavy_tailed_imbalance import plots
+
+    x, y = _balanced_images(per_class=12)
+    kw = dict(bits=2, per_tail_class=1, head_per_class=6, image_size=14, channels=(2, 4))
+    grid = {"gd": [-1.0, -0.5], "adam_m": [-2.0]}
+    traces, _ = cnn.run_grid(x, y, [0, 1], grid, 4, class_steps=[1], **kw)
+    sels = {b: ht.select_per_kind(traces, at=b) for b in (1, 4)}
+    fig = plots.cnn_groups(traces, sels, {"gd": "k", "adam_m": "r"}, [10, 40])
+    assert fig.axes and len(fig.axes) == 2 * 3
+    plt.close("all")
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]

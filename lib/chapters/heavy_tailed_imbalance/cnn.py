@@ -8,7 +8,7 @@ barcoded ones hold about half of the data each; the CNN (two 5x5 conv + ReLU + 2
 blocks, then one linear layer) is trained full batch, 300 steps.
 
 Here the same recipe is built from Fashion-MNIST at a size a CPU core can train:
-``bits``-bit barcodes (10 x 2^bits rare classes of ``per_tail_class`` images each), a
+``bits``-bit barcodes (10 x 2^bits rare classes of ``per_tail_class`` images each),
 ``head_per_class`` images per frequent class (the paper's ratio: head and tail hold the same
 number of images), optionally downsampled images, and a CNN of the paper's shape with fewer
 channels. Every learning rate of a grid trains as one stacked model: the first convolution
@@ -95,10 +95,10 @@ def make_barcoded(
     the frequent classes. Then for each barcode (outer loop) and base class j (inner loop),
     ``per_tail_class`` images drawn with replacement from class j's pool get the barcode
     written into the first ``bits`` pixels of the top row: class 10 + 10 b + j. As in the
-    authors' code, set bits are the image's maximum; unset bits are written as 0 (MNIST's top
-    row is blank, so there they are 0 already; Fashion-MNIST's is not). Images are average-
-    pooled to ``image_size`` first, then standardised per pixel over the whole set (unless
-    ``normalise`` is False).
+    authors' code, set bits take the pool's largest pixel value; unset bits are written as 0
+    (MNIST's top row is blank, so there they are 0 already; Fashion-MNIST's is not). Images
+    are average-pooled to ``image_size`` first, then standardised per pixel over the whole
+    set (unless ``normalise`` is False).
     """
     if 28 % image_size or bits > image_size:
         raise ValueError(f"image_size must divide 28 and hold {bits} bits, got {image_size}")
