@@ -704,21 +704,18 @@ def test_rare_budget_ratio_counts_steps_stable_step_and_rarest_frequency():
     assert ht.rare_budget_ratio(7, 1000) > ht.rare_budget_ratio(8, 1000) > 1.0
 
 
-def test_refutation_rule_is_one_sided():
-    from lib.book.stats import Estimate
+def test_little_progress_findings_are_refuted_only_within_the_paper_budget():
+    """Every at_most ("little progress") finding lists its budget's adequacy under
+    needs_to_refute; "progress" findings do not (the rule is one-sided)."""
+    from lib.book import profiles
 
-    little = {"at_most": 0.1, "partly": 0.5}
-    fitted = Estimate(0.95, (0.9, 1.0), 3, "t")
-    stalled = Estimate(0.02, (0.0, 0.05), 3, "t")
-    middling = Estimate(0.3, (0.25, 0.35), 3, "t")
-    # a budget within the paper's never leaves a finding unresolved
-    assert ht.refutation_unresolved(fitted, little, True, "x") is None
-    # beyond it, a refutation (not reproduced or partly) is unresolved, a confirmation stands
-    assert "cannot refute" in ht.refutation_unresolved(fitted, little, False, "settle")
-    assert ht.refutation_unresolved(middling, little, False, "settle").endswith("settle")
-    assert ht.refutation_unresolved(stalled, little, False, "settle") is None
-    # "progress" findings (at_least) are not touched
-    assert ht.refutation_unresolved(stalled, {"at_least": 0.75}, False, "settle") is None
+    spec = profiles.get("heavy_tailed_imbalance").records["findings"]
+    little = [n for n, e in spec.items() if "loss_removed" in n and "at_most" in e["criterion"]]
+    assert len(little) >= 9
+    assert all(
+        spec[n]["needs_to_refute"][0].endswith(("within_paper", "_mid", "_short")) for n in little
+    )
+    assert not any("needs_to_refute" in e for e in spec.values() if "at_least" in e["criterion"])
 
 
 def test_cnn_budget_ratio_and_the_problem_of_a_seed():

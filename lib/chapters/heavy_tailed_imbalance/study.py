@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy import stats as _st
 
-from lib.book import stats, verdicts
+from lib.book import stats
 from lib.core.optim import LABELS, StackedOptimizer
 
 # --------------------------------------------------------------------------- data
@@ -451,25 +451,6 @@ def rare_budget_ratio(m: int, steps: int, m_ref: int = PAPER_M, steps_ref: int =
         return t * (2 / hessian_top_formula(mm, "prior")) * (2 / sizes(mm)[0])
 
     return units(m, steps) / units(m_ref, steps_ref)
-
-
-def refutation_unresolved(
-    estimate: stats.Estimate, criterion: dict, budget_adequate: bool, settle: str
-) -> str | None:
-    """The one-sided budget rule of a "little to no progress" finding (an ``at_most``
-    criterion): a budget more generous than the paper's (``budget_adequate`` False) can
-    confirm the claim (the optimizer made little progress even so) but cannot refute it. If
-    the verdict would not be "reproduced", returns the reason that makes it inconclusive
-    (``settle`` says what would decide it); otherwise None."""
-    if budget_adequate or "at_most" not in criterion:
-        return None
-    verdict, _ = verdicts.verdict(estimate.value, estimate.ci, criterion)
-    if verdict == "reproduced":
-        return None
-    return (
-        "budget beyond the paper's for the rarest classes: progress here cannot refute "
-        f"'little to no progress'; {settle}"
-    )
 
 
 def loglog_slope(freq: np.ndarray, values: np.ndarray) -> float:
