@@ -11,8 +11,10 @@
   opposed to plain AdamW on the masked gradient (the moments decay, and the parameter keeps
   moving with its momentum and weight decay: the "decay" reading).
 
-All masking is in place: one reusable buffer the size of the largest masked parameter holds
-the mask, so a step allocates no new full-size tensor.
+All masking is in place: reusable buffers the size of the largest masked parameter hold the
+random bits (16 an entry) and the mask, so a step allocates no new full-size tensor. The keep
+probability is 1 - p rounded to a multiple of 2**-16 (16 random bits an entry are four times
+cheaper to draw than a float Bernoulli sample); the counts are compared with that exact rate.
 """
 
 from __future__ import annotations
@@ -66,11 +68,21 @@ class ElementwiseDrop:
         self.generator, self.track = generator, track
         n = max((q.numel() for q in self.params), default=0)
         dev = self.params[0].device if self.params else "cpu"
-        self.buffer = torch.empty(n, device=dev)
+        self.buffer = torch.empty(n, device=dev)  # the mask, as floats
+        self.bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=dev)  # 16 bits an entry
+        self.kept_bool = torch.empty(n, dtype=torch.bool, device=dev)
         self.kept = 0.0
         self.seen = 0
         self.expected_kept = 0.0
         self.var_kept = 0.0
+
+    @staticmethod
+    def keep_threshold(q: float) -> tuple[int, float]:
+        """(threshold, exact keep probability): an entry is kept when its uniform 16-bit
+        integer in [-2**15, 2**15) is below the threshold, so the keep probability is q
+        rounded to a multiple of 2**-16."""
+        k = round(q * 65536)
+        return k - 32768, k / 65536
 
     def rate(self, t: int) -> float:
         """Drop rate at step t."""
@@ -80,21 +92,25 @@ class ElementwiseDrop:
         p = self.rate(t)
         if p <= 0.0:
             return
-        q = 1.0 - p
+        threshold, q = self.keep_threshold(1.0 - p)
         for w in self.params:
             g = w.grad
             if g is None:
                 continue
-            m = self.buffer[: g.numel()].view_as(g)
-            m.bernoulli_(q, generator=self.generator)
+            n = g.numel()
+            bits = self.bits[: (n + 3) // 4]
+            bits.random_(-(2**63), 2**63 - 1, generator=self.generator)  # 64 random bits
+            m, b = self.buffer[:n], self.kept_bool[:n]
+            torch.lt(bits.view(torch.int16)[:n], threshold, out=b)  # True = kept
+            m.copy_(b)
             if self.track:
                 self.kept += float(m.sum())
-                self.seen += g.numel()
-                self.expected_kept += q * g.numel()
-                self.var_kept += p * q * g.numel()
+                self.seen += n
+                self.expected_kept += q * n
+                self.var_kept += (1 - q) * q * n
+            g.mul_(m.view_as(g))
             if self.rescale:
-                m.mul_(1.0 / q)
-            g.mul_(m)
+                g.mul_(1.0 / q)
 
     def drop_z(self) -> float:
         """(kept - expected) / binomial standard deviation over every masked entry so far."""
@@ -196,10 +212,21 @@ class SparseAdamW(torch.optim.Optimizer):
                     st["exp_avg_sq"] = torch.zeros_like(w)
                 st["step"] += 1
                 m, v, k = st["exp_avg"], st["exp_avg_sq"], st["step"]
-                keep = g.ne(0).to(w.dtype)  # per-parameter temporary, as AdamW's own
+                keep, denom = self._scratch(w)
+                torch.ne(g, 0, out=keep)  # 1 where the gradient is non-zero
                 w.addcmul_(keep, w, value=-lr * wd)
                 m.addcmul_(keep, m, value=-(1 - b1)).add_(g, alpha=1 - b1)
                 v.addcmul_(keep, v, value=-(1 - b2)).addcmul_(g, g, value=1 - b2)
-                denom = v.div(1 - b2**k).sqrt_().add_(eps)
-                w.addcdiv_(m.mul(keep), denom, value=-lr / (1 - b1**k))
+                c2 = math.sqrt(1 - b2**k)
+                torch.sqrt(v, out=denom).add_(eps * c2).div_(keep)  # inf where masked
+                w.addcdiv_(m, denom, value=-lr * c2 / (1 - b1**k))
         return None
+
+    def _scratch(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two reusable buffers shaped like ``w`` (sized once, for the largest parameter)."""
+        n = w.numel()
+        buf = getattr(self, "_buf", None)
+        if buf is None or buf.numel() < 2 * n or buf.device != w.device:
+            size = max(p.numel() for grp in self.param_groups for p in grp["params"])
+            self._buf = buf = torch.empty(2 * size, dtype=w.dtype, device=w.device)
+        return buf[:n].view_as(w), buf[n : 2 * n].view_as(w)
