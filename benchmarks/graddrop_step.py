@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-len", type=int, default=48)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--p", type=float, default=0.3)
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -87,7 +87,10 @@ def main() -> None:
         f"batch {a.batch} x {b['input_ids'].shape[1]} tokens, p = {a.p}, one thread"
     )
     for k in arms:
-        hook_ms = f", hook alone {1e3 * hook_best[k]:.1f} ms" if arms[k][0] is not None else ""
+        hook_ms = ""
+        if arms[k][0] is not None:
+            share = hook_best[k] / best["standard"]
+            hook_ms = f", hook alone {1e3 * hook_best[k]:.1f} ms = {share:.3f} of a standard step"
         print(f"{k:>36}: {1e3 * best[k]:7.1f} ms, ratio {best[k] / best['standard']:.3f}{hook_ms}")
 
 
