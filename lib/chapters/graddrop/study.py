@@ -511,7 +511,7 @@ def run_grid(tagger, pretrained, d, base: TrainConfig, arms_lrs: list, pad, key,
         acc = {k: r["test"][k].sum() / words(d.test[k]).sum() for k in r["test"]}
         how = "cached" if r["cached"] else f"{r['seconds']:.0f} s"
         print(
-            f"{arm.label:>28} lr {lr:.0e} seed {seed}: dev {dev_accuracy(r, d):.3f}, "
+            f"{arm.label:>28} lr {lr:.2g} seed {seed}: dev {dev_accuracy(r, d):.3f}, "
             f"en {acc['en']:.3f}, zero-shot mean {np.mean([acc[k] for k in zs]):.3f} [{how}]"
         )
     return out
