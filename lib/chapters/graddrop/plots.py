@@ -24,7 +24,7 @@ def gains_by_language(gt: pd.DataFrame, arms: list[str], langs: list[str]):
     ax.axhline(0, color="grey", lw=0.8)
     ax.axvline(0.5, color="grey", lw=0.6, ls=":")
     ax.axvline(len(cols) - 1.5, color="grey", lw=0.6, ls=":")
-    ax.set_xticks(np.arange(len(cols)), cols)
+    ax.set_xticks(np.arange(len(cols)), [*langs, "zero-shot\nmean"])
     ax.set(ylabel="accuracy gain over standard (points)", title="paired 95 % intervals")
     ax.legend(fontsize=7, ncol=3)
     return fig
