@@ -557,3 +557,13 @@ def margin_over_majority(point: np.ndarray, table: pd.DataFrame) -> float:
     """Smallest English test accuracy over arms and seeds minus the English majority-tag
     baseline, in points (English is the first language)."""
     return float(100 * (point[0, :, :, 0].min() - table.loc["en", "majority"]))
+
+
+def dev_spread(sel: dict, d: StudyData, lr: float, seed: int) -> float:
+    """Largest minus smallest English dev accuracy (points) over the drop rates tried."""
+    acc = [
+        dev_accuracy(r, d)
+        for (label, l_, s), r in sel.items()
+        if label.startswith("elementwise") and l_ == lr and s == seed
+    ]
+    return 100 * (max(acc) - min(acc)) if acc else float("nan")
