@@ -155,7 +155,9 @@ def bucketed_batches(
     return out[:steps]
 
 
-def _lr_lambda(cfg: TrainConfig):
+def lr_lambda(cfg: TrainConfig):
+    """Learning-rate factor per step: linear warm-up over ``cfg.warmup`` of the steps, then
+    linear decay to 0 (the schedule of every fine-tune on this harness)."""
     warm = max(int(cfg.warmup * cfg.steps), 1)
     return lambda t: min((t + 1) / warm, max(0.0, (cfg.steps - t) / max(cfg.steps - warm, 1)))
 
@@ -234,7 +236,7 @@ def train_tagger(
         loss_fn,
         cfg.steps,
         lambda params: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01),
-        make_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg)),
+        make_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg)),
         extra_loss=extra_loss if regularized else None,
         after_step=after_step,
     )

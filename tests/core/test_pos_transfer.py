@@ -195,7 +195,7 @@ def _reference_train_tagger(tagger, train, cfg, pad, ref=None):
     torch.manual_seed(cfg.seed)
     params = [p for p in tagger.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, pt._lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, pt.lr_lambda(cfg))
     pruner = (
         pruning.MagnitudePruner(
             tagger.encoder,

@@ -23,12 +23,12 @@ from lib.core.pos_transfer import (
     IGNORE,
     Tagger,
     TrainConfig,
-    _lr_lambda,
     baseline_accuracy,
     bucketed_batches,
     encode_treebank,
     evaluate_items,
     freeze_embeddings,
+    lr_lambda,
     pad_batch,
     spread_indices,
     trainable_state,
@@ -200,7 +200,7 @@ def train_arm(
         loss_fn,
         cfg.steps,
         lambda params: opt_cls(params, lr=cfg.lr, weight_decay=WEIGHT_DECAY),
-        make_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg)),
+        make_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg)),
         grad_hook=hook,
     )
     return {"loss": log["loss"], "seconds": log["seconds"], "hook": hook}
