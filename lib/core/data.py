@@ -151,7 +151,6 @@ def _ud_files() -> tuple[DataFile, ...]:
                 sha,
                 licence,
                 url=f"{_RAW}/UniversalDependencies/{folder}/{commit}/{name}",
-                read="-ud-train." not in name,  # English-EWT's train split: no chapter reads it yet
             )
         )
     return tuple(files)
@@ -470,11 +469,13 @@ def _ud_cached(lang: str, split: str) -> tuple[Sentence, ...]:
 
 
 def ud_sentences(lang: str, split: str) -> list[Sentence]:
-    """UD sentences of one language and split ("dev" or "test") as (words, UPOS tags) pairs."""
+    """UD sentences of one language and split as (words, UPOS tags) pairs. Every language has
+    "dev" and "test"; English-EWT also has "train" (12,544 sentences)."""
     if lang not in UD_TREEBANKS:
         raise KeyError(f"no UD treebank for {lang!r}; known: {', '.join(UD_TREEBANKS)}")
-    if split not in ("dev", "test"):
-        raise ValueError(f"split must be 'dev' or 'test', not {split!r}")
+    splits = ("train", "dev", "test") if lang == "en" else ("dev", "test")
+    if split not in splits:
+        raise ValueError(f"split of {lang!r} must be one of {splits}, not {split!r}")
     return [(list(w), list(t)) for w, t in _ud_cached(lang, split)]
 
 

@@ -132,6 +132,27 @@ class TrainConfig:
     prune_every: int = 5
     reg: str = "none"  # none | cos | frob | cc
     lam: float = 0.0
+    bucket: bool = False  # batches of similar-length sentences (see bucketed_batches)
+
+
+def bucketed_batches(
+    lengths: np.ndarray, batch_size: int, steps: int, rng: np.random.Generator, pool: int = 50
+) -> list[np.ndarray]:
+    """``steps`` batches of sentence indices, each of similar lengths so that little padding is
+    computed. Every epoch visits each sentence once: it is shuffled, cut into pools of ``pool``
+    batches, each pool sorted by length and cut into batches, and the epoch's batches are
+    shuffled (so short and long batches alternate, and a batch is still a random draw)."""
+    lengths = np.asarray(lengths)
+    out: list[np.ndarray] = []
+    while len(out) < steps:
+        perm = rng.permutation(len(lengths))
+        epoch = []
+        for start in range(0, len(perm), pool * batch_size):
+            chunk = perm[start : start + pool * batch_size]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            epoch += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        out += [epoch[i] for i in rng.permutation(len(epoch))]
+    return out[:steps]
 
 
 def _lr_lambda(cfg: TrainConfig):
@@ -172,16 +193,23 @@ def train_tagger(
         if cfg.sparsity > 0
         else None
     )
-    order = np.concatenate(
-        [g.permutation(len(train)) for _ in range(cfg.steps * cfg.batch_size // len(train) + 1)]
-    )
+    if cfg.bucket:
+        batches = bucketed_batches(
+            np.array([len(x) for x, _ in train]), cfg.batch_size, cfg.steps, g
+        )
+    else:
+        order = np.concatenate(
+            [g.permutation(len(train)) for _ in range(cfg.steps * cfg.batch_size // len(train) + 1)]
+        )
+        batches = [order[t * cfg.batch_size : (t + 1) * cfg.batch_size] for t in range(cfg.steps)]
     hidden: dict[str, torch.Tensor] = {}
     regs: list[float] = []
     sparsity = [pruner.step(0)] if pruner is not None else []
 
     def next_batch(step: int) -> dict[str, torch.Tensor]:
-        idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-        return {k: v.to(device) for k, v in pad_batch([train[i] for i in idx], pad).items()}
+        return {
+            k: v.to(device) for k, v in pad_batch([train[i] for i in batches[step]], pad).items()
+        }
 
     def loss_fn(model: Tagger, b: dict[str, torch.Tensor]):
         logits, hidden["h"] = model(b["input_ids"], b["attention_mask"])

@@ -101,6 +101,32 @@ def test_subword_overlap():
     assert pt.subword_overlap(other, en, specials=(0, 1, 2, 3)) == pytest.approx(0.5)
 
 
+def test_bucketed_batches_cover_each_epoch_once_with_little_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, size=1000)
+    batches = pt.bucketed_batches(lengths, 16, 130, np.random.default_rng(1), pool=10)
+    assert len(batches) == 130 and all(1 <= len(b) <= 16 for b in batches)
+    first_epoch = np.concatenate(batches[:63])  # 1000 sentences = 62 full batches + one of 8
+    assert len(first_epoch) == 1000 and len(np.unique(first_epoch)) == 1000
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    real = sum(lengths[b].sum() for b in batches)
+    unsorted = [np.random.default_rng(2).permutation(1000)[:16] for _ in range(130)]
+    padded_random = sum(len(b) * lengths[b].max() for b in unsorted)
+    real_random = sum(lengths[b].sum() for b in unsorted)
+    assert padded / real < 1.15 < 1.5 < padded_random / real_random
+    starts = [int(lengths[b].min()) for b in batches[:20]]
+    assert starts != sorted(starts)  # the batch order is shuffled, not short-to-long
+
+
+def test_ewt_train_split_counts():
+    try:
+        train = data.ud_sentences("en", "train")
+    except data.DataMissing:
+        pytest.skip("UD data not present")
+    # the data's SOURCE.md table: 12,544 sentences (the official count), 204,577 words
+    assert len(train) == 12544 and sum(len(w) for w, _ in train) == 204577
+
+
 def test_ud_reader_counts_match_the_files():
     try:
         en = data.ud_sentences("en", "dev") + data.ud_sentences("en", "test")
