@@ -18,7 +18,7 @@ from torch import nn
 
 from lib.book import stats
 from lib.chapters.peft import methods
-from lib.core import data, encoders, pos_transfer
+from lib.core import data, pos_transfer
 from lib.core.train import correct_items, fit
 
 TASKS = ("rt", "pos")
@@ -191,16 +191,16 @@ def _batch(task: str, examples: list, pad: int) -> dict[str, torch.Tensor]:
 def train(
     model: nn.Module, task: TaskData, method: str, lr: float, budget: Budget, seed: int, device
 ) -> dict:
-    """``budget.steps`` AdamW steps (linear warm-up and decay) on batches drawn with ``seed``,
-    through the book's training loop; BitFit passes its filter."""
+    """``budget.steps`` AdamW steps (linear warm-up and decay) through the book's training
+    loop, on length-bucketed batches drawn with ``seed`` (the POS harness's); BitFit passes
+    its filter."""
     g = np.random.default_rng(seed)
-    n = len(task.train)
-    order = np.concatenate([g.permutation(n) for _ in range(budget.steps * budget.batch // n + 1)])
+    lengths = np.array([len(x) for x, _ in task.train])
+    batches = pos_transfer.bucketed_batches(lengths, budget.batch, budget.steps, g)
     model.to(device)
 
     def next_batch(t: int):
-        idx = order[t * budget.batch : (t + 1) * budget.batch]
-        b = _batch(task.task, [task.train[i] for i in idx], task.pad)
+        b = _batch(task.task, [task.train[i] for i in batches[t]], task.pad)
         return {k: v.to(device) for k, v in b.items()}
 
     def loss_fn(m: nn.Module, b) -> torch.Tensor:
@@ -265,7 +265,7 @@ def frozen_change(model: nn.Module, base: nn.Module) -> float:
         )
         key = key.replace("base_model.", "")
         if key in ref and ref[key].shape == p.shape:
-            worst = max(worst, float((p.detach().cpu() - ref[key]).abs().max()))
+            worst = max(worst, float((p.detach().cpu() - ref[key].detach()).abs().max()))
     return worst
 
 
@@ -314,6 +314,7 @@ def run_method(
 
 
 def run_all(
+    base: nn.Module,
     source: str,
     tasks: dict[str, TaskData],
     method_list: list[str],
@@ -324,8 +325,7 @@ def run_all(
     device,
     log=print,
 ) -> dict[str, dict[str, dict]]:
-    """``{task: {method: run_method(...)}}`` for one encoder source."""
-    base, _ = encoders.load(source)
+    """``{task: {method: run_method(...)}}`` for one pretrained encoder ``base``."""
     out: dict[str, dict[str, dict]] = {}
     for t, td in tasks.items():
         out[t] = {}
@@ -418,23 +418,55 @@ def step_time_ratio(rows: list[dict], method: str) -> float:
     return float(t[method] / t["full"])
 
 
-def parameter_table(sources: dict[str, nn.Module], sizes: methods.Sizes, n_classes: int = 2):
-    """Per encoder and method: parameters counted on the wrapped model, the analytic count,
-    the head, and the trainable fraction of the pretrained model (head included)."""
+def parameter_table(configs: dict, sizes: methods.Sizes, n_classes: int = 2) -> list[dict]:
+    """Per encoder configuration and method: parameters counted on the ``peft``-wrapped model
+    (built on the meta device: shapes only, no memory), the method's equation, and the
+    trainable share of the pretrained model in percent (the task head included)."""
+    from transformers import BertModel
+
     rows = []
-    for name, bert in sources.items():
+    for name, config in configs.items():
         for m in methods.METHODS:
-            enc = methods.wrap(copy.deepcopy(bert), m, sizes)
+            with torch.device("meta"):
+                enc = methods.wrap(BertModel(config, add_pooling_layer=False), m, sizes)
             c = methods.counted(enc)
-            head = bert.config.hidden_size * n_classes + n_classes
+            head = config.hidden_size * n_classes + n_classes
             rows.append(
                 {
                     "model": name,
                     "method": m,
                     "counted": c["trainable"],
-                    "analytic": methods.analytic_count(m, bert.config, sizes),
+                    "analytic": methods.analytic_count(m, config, sizes),
                     "backbone": c["backbone"],
                     "percent": 100 * (c["trainable"] + head) / c["backbone"],
                 }
             )
     return rows
+
+
+@torch.no_grad()
+def identity_at_init(base: nn.Module, tok, texts: list[str], sizes: methods.Sizes) -> float:
+    """Largest |output - base output| of LoRA, LoHa and (IA)3 right after wrapping: each is
+    the identity at initialisation (B = 0; one Hadamard factor zero; unit scales)."""
+    ids, mask = pad_ids(encode_texts(tok, texts, 64), pad_id(tok))
+    base.eval()
+    ref = base(input_ids=ids, attention_mask=mask).last_hidden_state
+    worst = 0.0
+    for m in ("lora", "loha", "ia3"):
+        enc = methods.wrap(copy.deepcopy(base), m, sizes).eval()
+        out = enc(ids, mask).last_hidden_state
+        worst = max(worst, float((out - ref).abs().max()))
+    return worst
+
+
+def verdict_phrase(findings: list[dict], name: str) -> str:
+    """'verdict' of a recorded finding, with its estimate and interval, for glued prose."""
+    r = next(f for f in findings if f["name"] == name)
+    ci = "" if r["ci"] is None else f" [{r['ci'][0]:.3g}, {r['ci'][1]:.3g}]"
+    return f"**{r['verdict']}** ({r['value']:.3g}{ci})"
+
+
+def collapsed(runs: dict[str, dict], method: str, majority: float, margin: float = 2.0) -> bool:
+    """A method whose seed-mean test accuracy is within ``margin`` points of the majority
+    class learned nothing: its gap to full fine-tuning says nothing about the method."""
+    return bool(100 * (runs[method]["test"].mean() - majority) < margin)
