@@ -151,9 +151,9 @@ def test_full_fine_tuning_needs_more_memory_than_lora():
 def test_savings_are_paired_by_repeat_and_growth_reads_largest_minus_smallest():
     rows = []
     for rep, (a, b) in enumerate([(100.0, 1000.0), (110.0, 1100.0), (90.0, 900.0)]):
-        for h, l, scale in ((32, 2, 1.0), (64, 4, 0.5)):
-            rows.append(dict(hidden=h, layers=l, method="full", repeat=rep, peak_mb=b))
-            rows.append(dict(hidden=h, layers=l, method="lora", repeat=rep, peak_mb=a * scale))
+        for h, nl, scale in ((32, 2, 1.0), (64, 4, 0.5)):
+            rows.append(dict(hidden=h, layers=nl, method="full", repeat=rep, peak_mb=b))
+            rows.append(dict(hidden=h, layers=nl, method="lora", repeat=rep, peak_mb=a * scale))
     sv = study.memory_savings(rows, "lora")
     assert np.allclose(sv[(32, 2)], 0.9) and np.allclose(sv[(64, 4)], 0.95)
     est = study.saving_growth(rows, "lora")

@@ -470,3 +470,65 @@ def collapsed(runs: dict[str, dict], method: str, majority: float, margin: float
     """A method whose seed-mean test accuracy is within ``margin`` points of the majority
     class learned nothing: its gap to full fine-tuning says nothing about the method."""
     return bool(100 * (runs[method]["test"].mean() - majority) < margin)
+
+
+def _md(head: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def fractions_markdown(params) -> str:
+    """Trainable share (percent, head included) per method and encoder, as a Markdown table."""
+    models = list(dict.fromkeys(params.model))
+    rows = []
+    for m in methods.METHODS:
+        sub = params[params.method == m].set_index("model").percent
+        rows.append([methods.LABELS[m], *[f"{sub[k]:.3g} %" for k in models]])
+    return _md(["method", *models], rows)
+
+
+def memory_markdown(rows: list[dict]) -> str:
+    """Per shape and method: parameters, peak memory, saving against full fine-tuning with
+    its t interval over repeats, seconds per step; a Markdown table."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    out = []
+    for (h, L), sub in df.groupby(["hidden", "layers"]):
+        for m in dict.fromkeys(sub.method):
+            s = sub[sub.method == m]
+            sv = "-"
+            if m != "full":
+                e = stats.t_interval(memory_savings(rows, m)[(h, L)])
+                sv = f"{e.value:.3f} [{e.ci[0]:.3f}, {e.ci[1]:.3f}]"
+            out.append(
+                [
+                    f"{h} x {L}",
+                    f"{s.total.iloc[0] / 1e6:.1f} M",
+                    methods.LABELS[m],
+                    f"{s.peak_mb.mean():.0f}",
+                    sv,
+                    f"{s.step_s.median():.3f}",
+                ]
+            )
+    head = ["hidden x layers", "parameters", "method", "peak MiB", "saving [95 % CI]", "s / step"]
+    return _md(head, out)
+
+
+def accuracy_markdown(table) -> str:
+    """Per task and method: chosen rate, test accuracy and gap to full fine-tuning, both with
+    95 % intervals (points); a Markdown table."""
+    out = []
+    for r in table.itertuples():
+        gap = "-" if r.method == "full" else f"{r.gap:+.1f} [{r.gap_lo:+.1f}, {r.gap_hi:+.1f}]"
+        edge = " (grid edge)" if r.edge else ""
+        out.append(
+            [
+                TASK_LABELS[r.task],
+                methods.LABELS[r.method],
+                f"{r.lr:g}{edge}",
+                f"{r.accuracy:.1f} [{r.acc_lo:.1f}, {r.acc_hi:.1f}]",
+                gap,
+            ]
+        )
+    return _md(["task", "method", "learning rate", "test accuracy %", "minus full, points"], out)
