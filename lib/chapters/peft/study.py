@@ -318,19 +318,20 @@ def run_all(
     source: str,
     tasks: dict[str, TaskData],
     method_list: list[str],
-    grids: dict[str, list[float]],
+    grids: dict[str, dict[str, list[float]]],
     seeds: list[int],
     budget: Budget,
     sizes: methods.Sizes,
     device,
     log=print,
 ) -> dict[str, dict[str, dict]]:
-    """``{task: {method: run_method(...)}}`` for one pretrained encoder ``base``."""
+    """``{task: {method: run_method(...)}}`` for one pretrained encoder ``base``; ``grids``
+    holds each task's learning-rate grid per method."""
     out: dict[str, dict[str, dict]] = {}
     for t, td in tasks.items():
         out[t] = {}
         for m in method_list:
-            r = run_method(td, base, m, grids[m], seeds, budget, sizes, device)
+            r = run_method(td, base, m, grids[t][m], seeds, budget, sizes, device)
             out[t][m] = r
             log(
                 f"{source} {t:3s} {m:7s} lr {r['lr']:.0e} dev {max(r['dev']):.3f} "
