@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from lib.book import stats
 from lib.chapters.peft import memory, methods, study
 
 
@@ -166,3 +167,15 @@ def test_unresolved_names_edge_choices():
     assert "lora" in study.unresolved(runs, "lora")
     runs["lora"]["edge"] = False
     assert study.unresolved(runs, "lora") is None
+
+
+def test_token_accuracy_resamples_sentences_with_their_word_counts():
+    g = np.random.default_rng(0)
+    words = g.integers(1, 40, size=300)
+    correct = np.stack([g.binomial(words, 0.9) for _ in range(3)])
+    scores = correct * len(words) / words.sum()  # item_scores' per-sentence POS scores
+    est = study.token_accuracy(scores, words)
+    assert est.value == pytest.approx(correct.sum() / (3 * words.sum()))
+    naive = stats.bootstrap_items(scores)
+    assert est.ci[1] - est.ci[0] < 0.5 * (naive.ci[1] - naive.ci[0])
+    assert est.ci[0] < est.value < est.ci[1]

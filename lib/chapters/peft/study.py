@@ -300,7 +300,11 @@ def run_method(
         secs.append(train(m, task, method, grid[k], budget, s, device)["seconds"])
         test.append(item_scores(m, task, task.test, device))
         frozen = max(frozen, frozen_change(m, base) if method != "full" else 0.0)
+    words = None
+    if task.task == "pos":  # tagged words per test sentence, for the token-level interval
+        words = np.array([sum(t != pos_transfer.IGNORE for t in y) for _, y in task.test])
     return {
+        "words": words,
         "grid": list(grid),
         "dev": dev,
         "lr": grid[k],
@@ -359,12 +363,27 @@ def unresolved(runs: dict[str, dict], method: str) -> str | None:
     )
 
 
+def token_accuracy(scores: np.ndarray, words: np.ndarray) -> stats.Estimate:
+    """Token accuracy from per-sentence scores (``item_scores``' POS scores: correct tags
+    times sentences / words) with a bootstrap that resamples whole sentences and divides by
+    the resampled word count (the per-sentence scores alone would treat the word count as
+    fixed and give a far wider interval)."""
+    s = np.atleast_2d(scores)
+    n, total = len(words), int(words.sum())
+    correct = np.rint(s * total / n).astype(int)  # seeds x sentences
+    groups = np.repeat(np.arange(n), words)
+    within = np.arange(total) - np.repeat(np.cumsum(words) - words, words)
+    tokens = (within[None, :] < np.repeat(correct, words, axis=1)).astype(float)
+    return stats.bootstrap_groups(tokens, groups)
+
+
 def accuracy_table(runs: dict[str, dict[str, dict]]) -> list[dict]:
     """One row per task and method: chosen rate, accuracy with its interval, gap to full."""
     rows = []
     for t, by in runs.items():
         for m, r in by.items():
-            acc = stats.bootstrap_items(r["test"])
+            w = r.get("words")
+            acc = stats.bootstrap_items(r["test"]) if w is None else token_accuracy(r["test"], w)
             row = {
                 "task": t,
                 "method": m,
