@@ -5,7 +5,9 @@ Every record's criterion is declared in the chapter's YAML before the run (see
 
 - a *check* proves the code right (reference equality, finite differences, an identity);
 - a *claim* is an empirical statement about the chapter's own experiment, able to fail;
-- an *adequacy* condition says whether the budget could test the findings that need it;
+- an *adequacy* condition says whether the budget could test the findings that need it
+  (``needs``: a failure makes them inconclusive) or could refute them (``needs_to_refute``:
+  a failure leaves a reproduced verdict standing and makes any other inconclusive);
 - a *finding* is the paper's result measured here, with its interval and a verdict computed
   by :func:`lib.book.verdicts.verdict`.
 
@@ -75,7 +77,8 @@ def check_spec(spec: dict[str, Any], where: str) -> None:
                 for key in ("paper_value", "paper_source"):
                     if entry.get(key) in (None, ""):
                         raise RecordError(f"{here} needs '{key}' (a finding is the paper's result)")
-                missing = set(entry.get("needs") or []) - set(spec.get("adequacy") or {})
+                wanted = set(entry.get("needs") or []) | set(entry.get("needs_to_refute") or [])
+                missing = wanted - set(spec.get("adequacy") or {})
                 if missing:
                     raise RecordError(
                         f"{here} needs undeclared adequacy condition(s) {sorted(missing)}"
@@ -173,8 +176,9 @@ class Records:
         if n_seeds is None:
             raise RecordError(f"finding {name!r}: say how many seeds it rests on (n_seeds)")
         needs = entry.get("needs") or []
+        to_refute = entry.get("needs_to_refute") or []
         seen = {r["name"]: r["holds"] for r in self.entries["adequacy"]}
-        unseen = [n for n in needs if n not in seen]
+        unseen = [n for n in needs + to_refute if n not in seen]
         if unseen:
             raise RecordError(
                 f"finding {name!r} needs adequacy {unseen}, recorded after it; record it first"
@@ -191,6 +195,10 @@ class Records:
         )
         if failed:
             why = f"budget: adequacy {', '.join(failed)} failed"
+        cannot_refute = [n for n in to_refute if not seen[n]]
+        if cannot_refute and verdict in ("not reproduced", "partly"):
+            verdict = "inconclusive"
+            why = f"budget: adequacy {', '.join(cannot_refute)} failed (could confirm, not refute)"
         self.entries["findings"].append(
             {
                 "name": name,
@@ -205,7 +213,7 @@ class Records:
                 "verdict": verdict,
                 "why": why,
                 "text": entry["text"],
-                "needs": needs,
+                "needs": needs + to_refute,
             }
         )
         return verdict

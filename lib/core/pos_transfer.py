@@ -409,3 +409,36 @@ def trainable_state(tagger: Tagger) -> dict[str, torch.Tensor]:
 def train_config_dict(cfg: TrainConfig) -> dict:
     """The config as a plain dict (for cache keys and logs)."""
     return asdict(cfg)
+
+
+def cached_dense_finetune(
+    tagger: Tagger,
+    train: list[tuple[list[int], list[int]]],
+    cfg: TrainConfig,
+    pad: int,
+    key: dict,
+    *,
+    space: str,
+    name: str = "dense",
+    device: torch.device | str = "cpu",
+    use_cache: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Dense fine-tune of ``tagger`` on ``train`` with ``cfg`` (:func:`train_tagger`, no
+    pruning), or the saved result of the same configuration (:func:`lib.core.cache.cached`
+    under ``<build>/cache/<space>/``). ``key`` must name everything else the result depends on
+    (encoder, layers, data, max_len, a code version). The tagger ends holding the fine-tuned
+    weights; returns (trainable state, training log with ``cached``)."""
+    from lib.core import cache
+
+    config = {"cfg": train_config_dict(cfg), **key}
+
+    def build() -> dict:
+        log = train_tagger(tagger, train, cfg, pad, device=device)
+        return {"state": trainable_state(tagger), "log": log}
+
+    saved, loaded = cache.cached(
+        space, name, config, build, use_cache=use_cache, map_location=device
+    )
+    if loaded:
+        tagger.load_state_dict(saved["state"], strict=False)
+    return saved["state"], {**saved["log"], "cached": loaded}

@@ -69,6 +69,37 @@ def test_finding_verdicts_follow_interval_and_adequacy():
     assert r.verdict_counts()["inconclusive"] == 1 and r.verdict_counts()["partly"] == 1
 
 
+def test_needs_to_refute_lets_a_generous_budget_confirm_but_not_refute():
+    spec = {
+        "adequacy": {"within_paper": {"text": "budget / paper's", "criterion": {"at_most": 1.0}}},
+        "findings": {
+            f"little_{i}": {
+                "text": "loss removed",
+                "paper_value": "little",
+                "paper_source": "Fig. 2",
+                "criterion": {"at_most": 0.1, "partly": 0.5},
+                "needs_to_refute": ["within_paper"],
+            }
+            for i in range(4)
+        },
+    }
+    generous = Records(spec)
+    assert not generous.adequacy("within_paper", 40.0)
+    assert generous.finding("little_0", 0.05, ci=(0.02, 0.08), n_seeds=3) == "reproduced"
+    assert generous.finding("little_1", 0.9, ci=(0.8, 1.0), n_seeds=3) == "inconclusive"
+    assert generous.finding("little_2", 0.3, ci=(0.2, 0.4), n_seeds=3) == "inconclusive"
+    assert (
+        "not refute" in generous.findings[1]["why"]
+        and "within_paper" in generous.findings[2]["why"]
+    )
+    assert generous.findings[1]["needs"] == ["within_paper"]
+    fair = Records(spec)
+    assert fair.adequacy("within_paper", 0.5)
+    assert fair.finding("little_1", 0.9, ci=(0.8, 1.0), n_seeds=3) == "not reproduced"
+    with pytest.raises(RecordError, match="undeclared adequacy"):
+        check_spec({"findings": {"x": {**spec["findings"]["little_0"]}}}, "t.yml")
+
+
 def test_an_estimate_carries_its_interval_and_seeds():
     r = Records(SPEC)
     r.adequacy("dense_trained", 0.9)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from lib.chapters.heavy_tailed_imbalance import cnn
 from lib.chapters.heavy_tailed_imbalance import study as ht
 from lib.core.optim import StackedOptimizer, contiguous_blocks
 
@@ -496,5 +497,254 @@ def test_figures_draw_without_warnings(recwarn):
         ),
     ]
     assert all(f.axes for f in figs)
+    plt.close("all")
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
+# ------------------------------------------------------- CNN on barcoded images
+
+
+def _balanced_images(per_class=12, side=28, seed=0):
+    """A stand-in for Fashion-MNIST: random images in [0, 1], per_class of each of 10 classes."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(10 * per_class, 1, side, side, generator=g)
+    y = torch.arange(10).repeat(per_class)
+    return x, y
+
+
+def test_barcodes_are_all_bit_patterns_in_product_order():
+    import itertools
+
+    for bits in (1, 3, 5):
+        expected = torch.tensor(list(itertools.product([0, 1], repeat=bits)))
+        assert torch.equal(cnn.barcodes(bits), expected)
+
+
+@pytest.mark.parametrize("bits,per_tail,head", [(2, 5, 20), (3, 2, 16), (4, 5, 80)])
+def test_barcoded_set_hits_its_counts(bits, per_tail, head):
+    x, y = _balanced_images(per_class=max(head, 12))
+    data = cnn.make_barcoded(x, y, bits, per_tail, head, torch.Generator().manual_seed(1))
+    n, c, n_tail = cnn.sizes(bits, per_tail, head)
+    assert data.x.shape == (n, 1, 28, 28) and data.y.shape == (n,)
+    assert data.counts.numel() == c == 10 + 10 * 2**bits
+    assert torch.equal(torch.bincount(data.y, minlength=c), data.counts)
+    assert torch.all(data.counts[:10] == head)  # the frequent classes
+    assert torch.all(data.counts[10:] == per_tail)  # every barcoded class
+    assert int(data.tail.sum()) == c - 10 and not data.tail[:10].any()
+    assert int(data.group_of_sample.sum()) == n_tail
+    # standardised per pixel over the set
+    flat = data.x.reshape(n, -1)
+    varied = flat.std(0) > 0
+    assert float(flat[:, varied].mean(0).abs().max()) < 1e-4
+    assert float((flat[:, varied].std(0) - 1).abs().max()) < 1e-4
+
+
+def test_barcoded_images_carry_their_code_on_a_copy_of_a_pool_image_of_their_class():
+    bits, per_tail, head = 3, 4, 6
+    x, y = _balanced_images(per_class=10)
+    gen = torch.Generator().manual_seed(2)
+    data = cnn.make_barcoded(x, y, bits, per_tail, head, gen, normalise=False)
+    codes = cnn.barcodes(bits).float()
+    top = float(x.max())
+    head_x = data.x[: 10 * head]
+    for i in range(10 * head, data.x.shape[0]):
+        cls = int(data.y[i]) - 10
+        code, base = divmod(cls, 10)
+        img = data.x[i, 0]
+        assert torch.equal(img[0, :bits], codes[code] * top)  # the barcode, set bits at the max
+        # the rest of the image is one of the frequent images of the same base class
+        pool = head_x[data.y[: 10 * head] == base, 0]
+        same = (pool[:, 1:] == img[1:]).all(dim=(1, 2)) & (pool[:, 0, bits:] == img[0, bits:]).all(
+            1
+        )
+        assert bool(same.any())
+    # the frequent images come from their own class, without repetition
+    for j in range(10):
+        picked = head_x[data.y[: 10 * head] == j]
+        assert picked.shape[0] == head
+        assert len({tuple(p.flatten()[:20].tolist()) for p in picked}) == head
+        originals = x[y == j]
+        assert all(bool((originals == p).all(dim=(1, 2, 3)).any()) for p in picked)
+
+
+def test_barcoded_set_downsamples_before_writing_the_code_and_depends_on_the_seed():
+    x, y = _balanced_images()
+    a = cnn.make_barcoded(x, y, 3, 2, 8, torch.Generator().manual_seed(0), image_size=14)
+    assert a.x.shape[-2:] == (14, 14)
+    b = cnn.make_barcoded(x, y, 3, 2, 8, torch.Generator().manual_seed(0), image_size=14)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    c = cnn.make_barcoded(x, y, 3, 2, 8, torch.Generator().manual_seed(5), image_size=14)
+    assert not torch.equal(a.x, c.x)
+    with pytest.raises(ValueError):
+        cnn.make_barcoded(x, y, 3, 2, 8, torch.Generator(), image_size=10)
+    with pytest.raises(ValueError):  # not enough images of a class for the frequent pool
+        cnn.make_barcoded(x, y, 3, 2, 50, torch.Generator())
+
+
+def test_cnn_init_is_torch_default_range():
+    params = cnn.init_cnn((4, 6), 5, 30, 14, torch.Generator().manual_seed(0))
+    shapes = [(4, 1, 5, 5), (4,), (6, 4, 5, 5), (6,), (30, 6 * 3 * 3), (30,)]
+    fans = [25, 25, 100, 100, 54, 54]
+    for p, shape, fan in zip(params, shapes, fans):
+        assert p.shape == shape
+        bound = 1 / math.sqrt(fan)
+        assert float(p.abs().max()) <= bound and float(p.abs().max()) > 0.7 * bound
+
+
+def test_stacked_cnn_matches_torch_modules_run_by_run():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 1, 14, 14, generator=g)
+    y = torch.randint(0, 12, (9,), generator=g)
+    params = cnn.stack(cnn.init_cnn((3, 5), 5, 12, 14, g), 3)
+    with torch.no_grad():  # make the runs differ
+        for p in params:
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    gap_logits, gap_grads = cnn.module_gap(x, y, params)
+    assert gap_logits < 1e-5 and gap_grads < 1e-4
+    # the comparison is not vacuous: the runs differ, and run 0's module is not run 1's logits
+    logits = cnn.stacked_logits(x, params).detach()
+    ref0 = cnn.module_of_run(params, 0)(x).detach()
+    assert float((ref0 - logits[:, 1]).abs().max()) > 1e-3 * float(ref0.abs().max())
+
+
+def test_full_batch_gradient_does_not_depend_on_the_chunk_size():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(23, 1, 14, 14, generator=g)
+    y = torch.randint(0, 7, (23,), generator=g)
+    params = cnn.stack(cnn.init_cnn((2, 4), 5, 7, 14, g), 2)
+    l1, g1 = cnn.losses_and_grads(x, y, params, chunk=100)
+    l2, g2 = cnn.losses_and_grads(x, y, params, chunk=5)
+    assert torch.allclose(l1, l2, atol=1e-6)
+    for a, b in zip(g1, g2):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+    ref = torch.nn.functional.cross_entropy(cnn.module_of_run(params, 1)(x), y, reduction="none")
+    assert torch.allclose(l1[:, 1], ref, atol=1e-5)
+
+
+def _tiny_set(seed=0):
+    x, y = _balanced_images(per_class=12)
+    gen = torch.Generator().manual_seed(seed)
+    data = cnn.make_barcoded(x, y, 2, 2, 8, gen, image_size=14)
+    return data, cnn.init_cnn((2, 4), 5, int(data.counts.numel()), 14, gen)
+
+
+def test_group_losses_of_the_trace_equal_a_direct_computation():
+    data, init = _tiny_set()
+    kinds, lrs, steps = ["gd", "adam_m"], [0.1, 0.01], 3
+    trace = cnn.train_stack(data, kinds, lrs, steps, init, chunk=16, class_steps=[1])
+    assert trace.group_loss.shape == (steps + 1, 2, 2) and trace.loss.shape == (steps + 1, 2)
+    # replay the runs one by one with torch.optim and nn modules; compare every record
+    refs = []
+    for kind, lr in zip(kinds, lrs):
+        net = cnn.module_of_run(cnn.stack(init, 1), 0)
+        opt = (
+            torch.optim.SGD(net.parameters(), lr=lr)
+            if kind == "gd"
+            else torch.optim.Adam(net.parameters(), lr=lr)
+        )
+        per_step = []
+        for t in range(steps + 1):
+            losses = torch.nn.functional.cross_entropy(net(data.x), data.y, reduction="none")
+            per_step.append(losses.detach())
+            if t < steps:
+                opt.zero_grad()
+                losses.mean().backward()
+                opt.step()
+        refs.append(torch.stack(per_step))
+    tail = data.group_of_sample.bool()
+    for r, ref in enumerate(refs):
+        for t in range(steps + 1):
+            direct = [float(ref[t][~tail].mean()), float(ref[t][tail].mean())]
+            assert np.allclose(trace.group_loss[t, r], direct, rtol=1e-4, atol=1e-5)
+            assert math.isclose(trace.loss[t, r], float(ref[t].mean()), rel_tol=1e-4)
+        for t in (0, 1, steps):
+            per_class = [float(ref[t][data.y == k].mean()) for k in range(data.counts.numel())]
+            assert np.allclose(trace.class_loss_at[t][r], per_class, rtol=1e-4, atol=1e-5)
+    assert np.array_equal(trace.class_loss, trace.class_loss_at[steps])
+    # the fraction of the barcoded classes' loss removed, from the per-class losses
+    est = ht.loss_removed([trace], 1, data.tail.numpy())
+    t0, tn = trace.class_loss_at[0][1, 10:], trace.class_loss[1, 10:]
+    assert math.isclose(est.value, 1 - tn.mean() / t0.mean(), rel_tol=1e-6)
+
+
+def test_a_diverging_run_does_not_touch_the_others():
+    data, init = _tiny_set(1)
+    steps = 4
+    together = cnn.train_stack(data, ["gd", "gd"], [1e-1, 1e30], steps, init)
+    alone = cnn.train_stack(data, ["gd"], [1e-1], steps, init)
+    assert not np.isfinite(together.loss[-1, 1])  # diverged, frozen, its record stays non-finite
+    assert np.allclose(together.loss[:, 0], alone.loss[:, 0], rtol=1e-5)
+
+
+def test_cnn_grid_is_reproducible_per_seed_and_training_lowers_the_loss():
+    x, y = _balanced_images(per_class=12)
+    kw = dict(bits=2, per_tail_class=2, head_per_class=8, image_size=14, channels=(2, 4))
+    grid = {"gd": [-1.0], "adam_m": [-2.0]}
+    a, sets_a = cnn.run_grid(x, y, [0, 1], grid, 5, **kw)
+    b, _ = cnn.run_grid(x, y, [0], grid, 5, **kw)
+    assert np.array_equal(a[0].loss, b[0].loss)
+    assert not np.array_equal(a[0].loss, a[1].loss)
+    assert not torch.equal(sets_a[0].x, sets_a[1].x)
+    for t in a:
+        assert t.kinds == ["gd", "adam_m"] and np.allclose(t.lrs, [0.1, 0.01])
+        assert np.all(t.loss[-1] < t.loss[0])
+        assert abs(t.loss[0, 0] - math.log(len(sets_a[0].counts))) < 1.0  # starts near log c
+
+
+def test_rare_budget_ratio_counts_steps_stable_step_and_rarest_frequency():
+    assert math.isclose(ht.rare_budget_ratio(ht.PAPER_M, 1000), 1.0)
+    assert math.isclose(ht.rare_budget_ratio(7, 1000), 10 * ht.rare_budget_ratio(7, 100))
+
+    # by hand: steps x 2/lambda_prior x 2/n, over the paper's
+    def units(m, t):
+        return t * 2 / ht.hessian_top_formula(m, "prior") * 2 / ht.sizes(m)[0]
+
+    assert math.isclose(ht.rare_budget_ratio(8, 100), units(8, 100) / units(11, 1000))
+    # a smaller problem gives its rarest classes more budget per step
+    assert ht.rare_budget_ratio(7, 1000) > ht.rare_budget_ratio(8, 1000) > 1.0
+
+
+def test_little_progress_findings_are_refuted_only_within_the_paper_budget():
+    """Every at_most ("little progress") finding lists its budget's adequacy under
+    needs_to_refute; "progress" findings do not (the rule is one-sided)."""
+    from lib.book import profiles
+
+    spec = profiles.get("heavy_tailed_imbalance").records["findings"]
+    little = [n for n, e in spec.items() if "loss_removed" in n and "at_most" in e["criterion"]]
+    assert len(little) >= 9
+    assert all(
+        spec[n]["needs_to_refute"][0].endswith(("within_paper", "_mid", "_short")) for n in little
+    )
+    assert not any("needs_to_refute" in e for e in spec.values() if "at_least" in e["criterion"])
+
+
+def test_cnn_budget_ratio_and_the_problem_of_a_seed():
+    x, y = _balanced_images(per_class=12)
+    kw = dict(bits=2, per_tail_class=2, head_per_class=8, image_size=14, channels=(2, 4))
+    data, init = cnn.problem(x, y, 4, **kw)
+    again, init2 = cnn.problem(x, y, 4, **kw)
+    assert torch.equal(data.x, again.x) and all(torch.equal(a, b) for a, b in zip(init, init2))
+    n = int(data.counts.sum())
+    paper = cnn.PAPER_PER_TAIL_CLASS / cnn.PAPER_IMAGES * cnn.PAPER_STEPS
+    assert cnn.PAPER_IMAGES == 101_200
+    assert math.isclose(cnn.rare_budget_ratio(data, 30), 2 / n * 30 / paper)
+    assert cnn.module_check(data, init, ["gd", "adam_m"], [0.1, 0.01], n=16) < 1e-4
+
+
+def test_cnn_figure_draws_without_warnings(recwarn):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lib.chapters.heavy_tailed_imbalance import plots
+
+    x, y = _balanced_images(per_class=12)
+    kw = dict(bits=2, per_tail_class=1, head_per_class=6, image_size=14, channels=(2, 4))
+    grid = {"gd": [-1.0, -0.5], "adam_m": [-2.0]}
+    traces, _ = cnn.run_grid(x, y, [0, 1], grid, 4, class_steps=[1], **kw)
+    sels = {b: ht.select_per_kind(traces, at=b) for b in (1, 4)}
+    fig = plots.cnn_groups(traces, sels, {"gd": "k", "adam_m": "r"}, [10, 40])
+    assert fig.axes and len(fig.axes) == 2 * 3
     plt.close("all")
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]

@@ -1,5 +1,7 @@
 """First-subword alignment, baselines, retrieval metric, UD counts, and the XLM-R code path."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -298,3 +300,28 @@ def test_retrieval_hits_per_sentence():
     three = pt.pairwise_retrieval_hits({"x": a, "y": b, "z": a})
     assert three.tolist() == pytest.approx([1.0, 1 / 3, 1 / 3])
     assert pt.mean_pairwise_retrieval({"x": a, "y": b, "z": a}) == pytest.approx(three.mean())
+
+
+def test_cached_dense_finetune_trains_once_then_loads_the_same_weights(
+    tiny_xlmr, monkeypatch, tmp_path
+):
+    from lib.book import paths
+
+    monkeypatch.setattr(paths, "cache_dir", lambda: tmp_path)
+    enc, tok = tiny_xlmr
+    ex = _tiny_treebank(tok)
+    torch.manual_seed(0)
+    tagger = pt.Tagger(copy.deepcopy(enc))
+    pt.freeze_embeddings(tagger)
+    start = pt.trainable_state(tagger)
+    cfg = pt.TrainConfig(steps=4, lr=1e-3, batch_size=4, bucket=True)
+    key = {"test": 1}
+    state, log = pt.cached_dense_finetune(tagger, ex, cfg, tok.pad, key, space="t")
+    assert not log["cached"] and len(log["loss"]) == 4
+    assert any(not torch.equal(state[n], start[n]) for n in state)  # it trained
+    tagger.load_state_dict(start, strict=False)
+    state2, log2 = pt.cached_dense_finetune(tagger, ex, cfg, tok.pad, key, space="t")
+    assert log2["cached"] and log2["loss"] == log["loss"]
+    assert all(torch.equal(state2[n], state[n]) for n in state)
+    assert all(torch.equal(p, state[n]) for n, p in tagger.named_parameters() if n in state)
+    assert len(list((tmp_path / "t").glob("dense-*.pt"))) == 1

@@ -250,3 +250,43 @@ def rare_ratio(
     )
     ax.legend(fontsize=7)
     return fig
+
+
+def cnn_groups(traces: Sequence[Trace], selections: dict, colors: dict, n_classes: Sequence[int]):
+    """The paper's Fig. 3 on barcoded Fashion-MNIST, one row per budget (``selections``:
+    budget -> chosen runs): overall training loss of every optimizer, then one panel per
+    optimizer with the loss of the frequent and of the barcoded classes at the learning rate
+    chosen for that budget (line: mean over seeds; band: seed range; dotted: the budget)."""
+    budgets = list(selections)
+    kinds = list(selections[budgets[0]])
+    group_cols = plotting.palette(2)
+    names = [f"{n_classes[0]} frequent classes", f"{n_classes[1]} barcoded classes"]
+    init_loss = float(np.mean([t.loss[0, 0] for t in traces]))
+    steps = traces[0].steps
+    fig, axes = plotting.subplots(
+        len(budgets), len(kinds) + 1, width=2.6, height=2.3, sharey=True, sharex=True
+    )
+    for row, budget in zip(axes, budgets):
+        chosen = selections[budget]
+        for kind in kinds:
+            vals = np.stack([t.loss[:, chosen[kind]["run"]] for t in traces])
+            row[0].fill_between(steps, vals.min(0), vals.max(0), color=colors[kind], alpha=0.2)
+            row[0].plot(
+                steps, vals.mean(0), color=colors[kind], ls=_style(kind), label=LABELS[kind]
+            )
+        row[0].set(title=f"overall (rates for {budget} steps)", ylim=(0, 1.6 * init_loss))
+        row[0].set_ylabel("training loss (nats)")
+        for ax, kind in zip(row[1:], kinds):
+            r = chosen[kind]["run"]
+            for g in range(2):
+                vals = np.stack([t.group_loss[:, r, g] for t in traces])
+                ax.fill_between(steps, vals.min(0), vals.max(0), color=group_cols[g], alpha=0.2)
+                ax.plot(steps, vals.mean(0), color=group_cols[g], label=names[g])
+            ax.set(title=f"{LABELS[kind]} (lr $10^{{{chosen[kind]['exp']:+.1f}}}$)")
+        for ax in row:
+            ax.axvline(budget, color="grey", lw=0.8, ls=":")
+    axes[0, 0].legend(fontsize=7)
+    axes[0, 1].legend(fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    return fig

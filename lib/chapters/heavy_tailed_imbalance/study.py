@@ -441,6 +441,18 @@ def predicted_lr_shift(kind: str, m_from: int, m_to: int) -> float:
     raise ValueError(f"no scaling rule for optimizer {kind!r}")
 
 
+def rare_budget_ratio(m: int, steps: int, m_ref: int = PAPER_M, steps_ref: int = 1000) -> float:
+    """The rarest classes' budget as a multiple of the paper's (m = 11, 1 000 steps), in the
+    time scale of Sec. 3.3: GD moves class k's loss on the scale of 1/(eta pi_k) steps, so a
+    budget counts as steps x eta x pi_min, with eta GD's stability limit once the class prior
+    is learned (2/lambda_max, :func:`hessian_top_formula`) and pi_min = 2/n (the rarest tier)."""
+
+    def units(mm: int, t: int) -> float:
+        return t * (2 / hessian_top_formula(mm, "prior")) * (2 / sizes(mm)[0])
+
+    return units(m, steps) / units(m_ref, steps_ref)
+
+
 def loglog_slope(freq: np.ndarray, values: np.ndarray) -> float:
     """Least-squares slope of log(values) against log(freq)."""
     return float(np.polyfit(np.log(freq), np.log(values), 1)[0])

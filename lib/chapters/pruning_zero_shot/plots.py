@@ -6,112 +6,93 @@ import numpy as np
 import pandas as pd
 
 from lib.book import plotting
-from lib.chapters.pruning_zero_shot.study import Scores, drops
 
 
-def accuracy_and_drop(sc: Scores, point: np.ndarray, levels: pd.DataFrame):
-    """Left: accuracy of every language against sparsity (mean over seeds, band: min-max over
-    seeds). Right: English and mean zero-shot relative drop with 95 % bootstrap intervals,
-    and each zero-shot language's drop (thin lines)."""
-    colors = plotting.family_colors(sc.langs)
-    cols = [sc.arm("plain", s) for s in sc.plain_levels]
-    x = 100 * np.array(sc.plain_levels)
-    acc = 100 * point[0][:, cols, :]  # seeds x levels x languages
-    rel = 100 * drops(point, sc)[0][:, cols, :].mean(0)  # levels x languages
-    fig, axes = plotting.subplots(1, 2, width=5, height=3.6)
+def _band(ax, x, t: pd.DataFrame, col: str, color, label: str, lw: float = 2.0) -> None:
+    err = [t[col] - t[f"{col}_lo"], t[f"{col}_hi"] - t[col]]
+    ax.errorbar(x, t[col], yerr=err, fmt="o-", color=color, lw=lw, capsize=3, label=label)
+
+
+def levels(levels_table: pd.DataFrame, plateau: int):
+    """Left: English and mean zero-shot accuracy against sparsity, each after its recovery
+    plateau. Middle and right: their relative and headroom-normalised drops. 95 % intervals
+    (bootstrap over seeds and test sentences)."""
+    colors = plotting.family_colors(["en", "zero-shot"])
+    t = levels_table
+    fig, axes = plotting.subplots(1, 3, width=4.2, height=3.4)
+    x = 100 * t.index.to_numpy()
     ax = axes[0, 0]
-    for j, lang in enumerate(sc.langs):
-        lw, ls = (2.6, "-") if lang == "en" else (1.2, "--")
-        a = acc[..., j]
-        ax.plot(x, a.mean(0), ls, marker="o", lw=lw, color=colors[lang], label=lang)
-        ax.fill_between(x, a.min(0), a.max(0), color=colors[lang], alpha=0.12)
-    ax.set(xlabel="encoder sparsity (%)", ylabel="UPOS accuracy (%)", title="accuracy")
-    ax.legend(ncol=2, fontsize=7)
-    ax = axes[0, 1]
-    for col, name, c in [
-        ("en_drop", "English (supervised)", colors["en"]),
-        ("zs_drop", "zero-shot mean", "black"),
-    ]:
-        err = [levels[col] - levels[f"{col}_lo"], levels[f"{col}_hi"] - levels[col]]
-        ax.errorbar(x, levels[col], yerr=err, fmt="o-", color=c, capsize=3, label=name)
-    for j, lang in enumerate(sc.langs[1:], start=1):
-        ax.plot(x, rel[:, j], lw=0.7, alpha=0.5, color=colors[lang])
+    _band(ax, x, t, "en_acc", colors["en"], "English (supervised)")
+    _band(ax, x, t, "zs_acc", colors["zero-shot"], "zero-shot mean")
     ax.set(
         xlabel="encoder sparsity (%)",
-        ylabel="relative accuracy drop (%)",
-        title="drop vs the same-budget dense arm (95 % CI)",
+        ylabel="UPOS accuracy (%)",
+        title=f"after {plateau} recovery steps",
     )
     ax.legend()
-    return fig
-
-
-def language_drops(
-    lang_drop: pd.DataFrame, overlap: pd.Series, dense_acc: pd.Series, key_sparsity: float
-):
-    """Each zero-shot language's relative drop at the key sparsity (95 % interval) against its
-    subword overlap with the English training text and against its dense accuracy."""
-    colors = plotting.family_colors(["en", *dense_acc.index])  # the colours of the other figures
-    fig, axes = plotting.subplots(1, 2, width=5, height=3.6)
-    for ax, xval, xlabel in [
-        (axes[0, 0], overlap, "subword overlap with English training text (%)"),
-        (axes[0, 1], dense_acc, "dense accuracy (%)"),
+    p = t[t.index > 0]
+    xp = 100 * p.index.to_numpy()
+    for ax, m, title in [
+        (axes[0, 1], "rel", "relative drop (%)"),
+        (axes[0, 2], "head", "drop of the headroom above the floor (%)"),
     ]:
-        for lang, r in lang_drop.iterrows():
-            yerr = [[r["drop"] - r["lo"]], [r["hi"] - r["drop"]]]
-            ax.errorbar(
-                100 * xval[lang], r["drop"], yerr=yerr, fmt="o", color=colors[lang], capsize=2
-            )
-            ax.annotate(
-                lang, (100 * xval[lang], r["drop"]), xytext=(4, 3), textcoords="offset points"
-            )
-        ax.set(xlabel=xlabel, ylabel=f"relative drop at {100 * key_sparsity:.0f} % sparsity (%)")
-    return fig
-
-
-def regularizers(sc: Scores, point: np.ndarray, reg_sparsities: list[float]):
-    """English and mean zero-shot relative drop per arm at each regularized sparsity: bars are
-    means over seeds, dots the seeds."""
-    arms = ["plain"] + sorted({a for a, _ in sc.arms if a != "plain"})
-    colors = plotting.family_colors(arms)
-    d = 100 * drops(point, sc)[0]  # seeds x arms x languages
-    per = {"English": d[..., 0], "zero-shot mean": d[..., 1:].mean(-1)}
-    fig, axes = plotting.subplots(1, len(reg_sparsities), width=4.8, height=3.6)
-    for j, sp in enumerate(reg_sparsities):
-        ax = axes[0, j]
-        for k, (group, vals) in enumerate(per.items()):
-            for i, arm in enumerate(arms):
-                v = vals[:, sc.arm(arm, sp)]
-                x = k * (len(arms) + 1) + i
-                ax.bar(x, v.mean(), color=colors[arm], label=arm if k == 0 else None)
-                ax.plot([x] * len(v), v, "k.", ms=5)
-        mid = (len(arms) - 1) / 2
-        ax.set_xticks([mid, len(arms) + 1 + mid], list(per))
-        ax.set(
-            ylabel="relative accuracy drop (%)", title=f"{100 * sp:.0f} % sparsity (dots: seeds)"
-        )
+        _band(ax, xp, p, f"en_{m}", colors["en"], "English")
+        _band(ax, xp, p, f"zs_{m}", colors["zero-shot"], "zero-shot mean")
+        ax.set(xlabel="encoder sparsity (%)", ylabel=title)
         ax.legend()
     return fig
 
 
-def retrieval(results: pd.DataFrame, chance: float):
-    """PUD retrieval accuracy against sparsity per arm (mean over seeds, bars: min-max)."""
-    arms = ["plain"] + sorted(set(results.arm) - {"plain"})
-    colors = plotting.family_colors(arms)
-    ret = results.groupby(["arm", "sparsity"])["retrieval"].agg(["mean", "min", "max"])
-    fig, axes = plotting.subplots(1, 1, width=5, height=3.4)
+def language_drops(lang_table: pd.DataFrame):
+    """Each language's headroom-normalised drop against sparsity (95 % intervals; English
+    thick)."""
+    langs = list(dict.fromkeys(lang_table.lang))
+    colors = plotting.family_colors(langs)
+    fig, axes = plotting.subplots(1, 1, width=6, height=3.8)
     ax = axes[0, 0]
-    for arm in arms:
-        r = ret.loc[arm].reset_index()
+    n = len(langs)
+    for j, lang in enumerate(langs):
+        r = lang_table[lang_table.lang == lang]
+        x = 100 * r.sparsity.to_numpy() + (j - (n - 1) / 2) * 0.6  # dodge the intervals
+        err = [r["drop"] - r["lo"], r["hi"] - r["drop"]]
+        lw = 2.6 if lang == "en" else 1.2
         ax.errorbar(
-            100 * r.sparsity,
-            100 * r["mean"],
-            yerr=[100 * (r["mean"] - r["min"]), 100 * (r["max"] - r["mean"])],
-            fmt="o-" if arm == "plain" else "s",
-            color=colors[arm],
-            capsize=3,
-            label=arm,
+            x, r["drop"], yerr=err, fmt="o-", lw=lw, color=colors[lang], capsize=2, label=lang
         )
-    ax.axhline(100 * chance, color="grey", ls=":", label="chance")
-    ax.set(xlabel="encoder sparsity (%)", ylabel="PUD retrieval accuracy (%)")
+    ax.set(
+        xlabel="encoder sparsity (%)",
+        ylabel="drop of the headroom above the floor (%)",
+        title="per language, 95 % intervals",
+    )
+    ax.legend(ncol=2, fontsize=8)
+    return fig
+
+
+def arms(arm_table: pd.DataFrame, key: float):
+    """Every arm at the key sparsity: English and mean zero-shot accuracy minus plain
+    pruning's (points), 95 % paired intervals."""
+    t = arm_table.drop(index="plain", errors="ignore")
+    colors = plotting.family_colors(["en", "zero-shot"])
+    fig, axes = plotting.subplots(1, 1, width=6, height=3.4)
+    ax = axes[0, 0]
+    x = np.arange(len(t))
+    for k, (col, label) in enumerate([("en", "English"), ("zs", "zero-shot mean")]):
+        v = t[f"{col}_vs_plain"]
+        err = [v - t[f"{col}_vs_plain_lo"], t[f"{col}_vs_plain_hi"] - v]
+        ax.errorbar(
+            x + (k - 0.5) * 0.2,
+            v,
+            yerr=err,
+            fmt="o",
+            capsize=3,
+            color=colors["en" if col == "en" else "zero-shot"],
+            label=label,
+        )
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(x, list(t.index))
+    ax.set(
+        ylabel="accuracy minus plain pruning (points)",
+        title=f"arms at {100 * key:.0f} % sparsity (95 % paired intervals)",
+    )
     ax.legend()
     return fig
