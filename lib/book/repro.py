@@ -24,6 +24,7 @@ KEY_PACKAGES = (
     "jupyter-book",
     "myst-nb",
     "transformers",
+    "peft",
     "tslearn",
 )
 

@@ -1,0 +1,1 @@
+"""Code of the chapter `peft` (parameter-efficient fine-tuning, measured)."""
