@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.core import pruning
+from lib.core import data, pruning
 from lib.core.data import UPOS
 from lib.core.train import correct_items, fit
 
@@ -84,6 +84,44 @@ def spread_indices(n_total: int, n: int) -> np.ndarray:
     if n >= n_total:
         return np.arange(n_total)
     return np.unique(np.linspace(0, n_total - 1, n).round().astype(int))
+
+
+@dataclass
+class TransferData:
+    """English training and dev sets and every language's test set, encoded (ids and
+    first-subword labels), with the raw sentences the baselines need."""
+
+    train: list
+    dev: list
+    test: dict[str, list]
+    raw_train: list
+    raw_test: dict[str, list]
+
+
+def prepare_transfer(
+    tok, langs: list[str], n_train: int, n_dev: int, n_eval: int, max_len: int
+) -> TransferData:
+    """English-EWT train (``n_train`` evenly spread sentences) for fine-tuning, EWT dev
+    (``n_dev``) for selection, and the test split of English and of every other language in
+    ``langs`` (``n_eval`` each) for the report; 0 or more than there are means all. Evenly
+    spread subsets are the same whatever the seed (the same PUD sentences in ar/hi/it)."""
+
+    def pick(s: list, n: int) -> list:
+        return s if n <= 0 or n >= len(s) else [s[i] for i in spread_indices(len(s), n)]
+
+    raw_train = pick(data.ud_sentences("en", "train"), n_train)
+    raw_dev = pick(data.ud_sentences("en", "dev"), n_dev)
+    raw_test = {
+        lang: pick(data.ud_sentences(lang, "test"), n_eval)
+        for lang in ["en"] + [x for x in langs if x != "en"]
+    }
+    return TransferData(
+        encode_treebank(tok, raw_train, max_len),
+        encode_treebank(tok, raw_dev, max_len),
+        {k: encode_treebank(tok, v, max_len) for k, v in raw_test.items()},
+        raw_train,
+        raw_test,
+    )
 
 
 # ----------------------------------------------------------------------- model

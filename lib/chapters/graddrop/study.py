@@ -18,19 +18,19 @@ from scipy import stats as st
 
 from lib.book import stats
 from lib.chapters.graddrop import masking
-from lib.core import cache, data, encoders
+from lib.core import cache, encoders
 from lib.core.pos_transfer import (
     IGNORE,
     Tagger,
     TrainConfig,
+    TransferData,
     baseline_accuracy,
     bucketed_batches,
-    encode_treebank,
     evaluate_items,
     freeze_embeddings,
     lr_lambda,
     pad_batch,
-    spread_indices,
+    prepare_transfer,
     trainable_state,
 )
 from lib.core.train import fit
@@ -61,40 +61,8 @@ class Arm:
 # ----------------------------------------------------------------------- data
 
 
-@dataclass
-class StudyData:
-    """Encoded English train/dev and test sets, and the raw sentences (for the baselines)."""
-
-    train: list
-    dev: list
-    test: dict[str, list]
-    raw_train: list
-    raw_test: dict[str, list]
-
-
-def prepare(
-    tok, langs: list[str], n_train: int, n_dev: int, n_eval: int, max_len: int
-) -> StudyData:
-    """English EWT train (``n_train`` evenly spread sentences; 0 = all) for fine-tuning, EWT dev
-    (``n_dev``) for selection, and the test split of English and of every other language
-    (``n_eval`` evenly spread sentences; 0 = all) for the report."""
-
-    def pick(s: list, n: int) -> list:
-        return s if n <= 0 or n >= len(s) else [s[i] for i in spread_indices(len(s), n)]
-
-    raw_train = pick(data.ud_sentences("en", "train"), n_train)
-    raw_dev = pick(data.ud_sentences("en", "dev"), n_dev)
-    raw_test = {
-        lang: pick(data.ud_sentences(lang, "test"), n_eval)
-        for lang in ["en"] + [x for x in langs if x != "en"]
-    }
-    return StudyData(
-        encode_treebank(tok, raw_train, max_len),
-        encode_treebank(tok, raw_dev, max_len),
-        {k: encode_treebank(tok, v, max_len) for k, v in raw_test.items()},
-        raw_train,
-        raw_test,
-    )
+StudyData = TransferData  # the shared harness's data: English train/dev, test per language
+prepare = prepare_transfer
 
 
 def language_table(d: StudyData) -> pd.DataFrame:

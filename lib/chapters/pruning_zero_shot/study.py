@@ -23,20 +23,20 @@ from scipy import stats as st
 from lib.book import stats
 from lib.chapters.pruning_zero_shot import regularizers
 from lib.chapters.pruning_zero_shot.schedule import Pruner, Stage, run_stage
-from lib.core import data, encoders, pruning
+from lib.core import encoders, pruning
 from lib.core.pos_transfer import (
     IGNORE,
     TAG_ID,
     Tagger,
     TrainConfig,
+    TransferData,
     baseline_accuracy,
     cached_dense_finetune,
-    encode_treebank,
     evaluate_items,
     freeze_embeddings,
     majority_tag,
     pairwise_retrieval_hits,
-    spread_indices,
+    prepare_transfer,
     subword_overlap,
     trainable_state,
 )
@@ -51,38 +51,8 @@ AXES = {  # the pruning-criterion arms: (criterion, layer-wise)
 }
 
 
-@dataclass
-class StudyData:
-    """Encoded training, dev and test sets (ids + first-subword labels) and raw sentences."""
-
-    train: list
-    dev: list
-    test: dict[str, list]
-    raw_train: list
-    raw_test: dict[str, list]
-
-
-def prepare(
-    tok, langs: list[str], n_train: int, n_dev: int, n_eval: int, max_len: int
-) -> StudyData:
-    """English EWT train (``n_train`` evenly spread sentences; 0 = all) for training, EWT dev
-    (``n_dev``) for choosing lambda, and the test split of English and of each language
-    (``n_eval`` evenly spread sentences, or all there are; the same PUD sentences in ar/hi/it)."""
-    en_train = data.ud_sentences("en", "train")
-    raw_train = [en_train[i] for i in spread_indices(len(en_train), n_train or len(en_train))]
-    en_dev = data.ud_sentences("en", "dev")
-    raw_dev = [en_dev[i] for i in spread_indices(len(en_dev), n_dev)]
-    raw_test = {}
-    for lang in ["en"] + [x for x in langs if x != "en"]:
-        s = data.ud_sentences(lang, "test")
-        raw_test[lang] = [s[i] for i in spread_indices(len(s), n_eval)]
-    return StudyData(
-        encode_treebank(tok, raw_train, max_len),
-        encode_treebank(tok, raw_dev, max_len),
-        {k: encode_treebank(tok, v, max_len) for k, v in raw_test.items()},
-        raw_train,
-        raw_test,
-    )
+StudyData = TransferData  # the shared harness's data: English train/dev, test per language
+prepare = prepare_transfer
 
 
 def stages(levels: list[float], ramp: int, plateau: int) -> list[Stage]:
