@@ -20,7 +20,7 @@ from torch import nn
 
 from lib.core import data, pruning
 from lib.core.data import UPOS
-from lib.core.train import correct_items, fit
+from lib.core.train import correct_items, fit, warmup_decay
 
 TAG_ID = {t: i for i, t in enumerate(UPOS)}
 IGNORE = -100
@@ -194,10 +194,9 @@ def bucketed_batches(
 
 
 def lr_lambda(cfg: TrainConfig):
-    """Learning-rate factor per step: linear warm-up over ``cfg.warmup`` of the steps, then
-    linear decay to 0 (the schedule of every fine-tune on this harness)."""
-    warm = max(int(cfg.warmup * cfg.steps), 1)
-    return lambda t: min((t + 1) / warm, max(0.0, (cfg.steps - t) / max(cfg.steps - warm, 1)))
+    """The learning-rate factor per step of every fine-tune on this harness
+    (:func:`lib.core.train.warmup_decay` over ``cfg.steps`` with ``cfg.warmup``)."""
+    return warmup_decay(cfg.steps, cfg.warmup)
 
 
 def train_tagger(

@@ -102,3 +102,10 @@ def correct_items(
             hit = hit[mask(b)]
         out.append(hit.reshape(-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)
+
+
+def warmup_decay(steps: int, warmup: float) -> Callable[[int], float]:
+    """Learning-rate factor per step for ``LambdaLR``: linear warm-up over a ``warmup``
+    fraction of the steps (at least one step), then linear decay to 0 at ``steps``."""
+    warm = max(int(warmup * steps), 1)
+    return lambda t: min((t + 1) / warm, max(0.0, (steps - t) / max(steps - warm, 1)))

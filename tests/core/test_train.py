@@ -94,3 +94,10 @@ def test_cached_builds_once_and_reloads(tmp_path, monkeypatch):
     assert torch.equal(first["w"], again["w"])
     assert cache.cache_key(cfg) != cache.cache_key({**cfg, "seed": 1})
     assert not list((tmp_path / "cache" / "toy").glob("*.tmp"))
+
+
+def test_warmup_decay_rises_linearly_then_falls_to_zero():
+    f = train.warmup_decay(100, 0.1)
+    assert [f(t) for t in (0, 4, 9)] == [0.1, 0.5, 1.0]  # warm-up over 10 steps
+    assert f(55) == 0.5 and f(100) == 0.0 and f(150) == 0.0  # linear decay, then 0
+    assert train.warmup_decay(5, 0.0)(0) == 1.0  # at least one warm-up step

@@ -19,7 +19,7 @@ from torch import nn
 from lib.book import stats
 from lib.chapters.peft import methods
 from lib.core import data, pos_transfer
-from lib.core.train import correct_items, fit
+from lib.core.train import correct_items, fit, warmup_decay
 
 TASKS = ("rt", "pos")
 TASK_LABELS = {"rt": "Rotten Tomatoes sentiment", "pos": "UD English POS"}
@@ -172,11 +172,6 @@ class Budget:
     warmup: float = 0.1
 
 
-def schedule(steps: int, warmup: float):
-    warm = max(int(warmup * steps), 1)
-    return lambda t: min((t + 1) / warm, max(0.0, (steps - t) / max(steps - warm, 1)))
-
-
 def _batch(task: str, examples: list, pad: int) -> dict[str, torch.Tensor]:
     if task == "pos":
         return pos_transfer.pad_batch(examples, pad)
@@ -218,7 +213,7 @@ def train(
         budget.steps,
         lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=0.0),
         make_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(
-            o, schedule(budget.steps, budget.warmup)
+            o, warmup_decay(budget.steps, budget.warmup)
         ),
         param_filter=methods.is_bias if method == "bitfit" else None,
     )
