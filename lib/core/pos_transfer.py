@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib.core import data, pruning
+from lib.core import data, encoders, pruning
 from lib.core.data import UPOS
 from lib.core.train import correct_items, fit, warmup_decay
 
@@ -150,6 +150,22 @@ def freeze_embeddings(tagger: Tagger) -> None:
     would move English rows away from the rest of the vocabulary."""
     for p in tagger.encoder.embeddings.parameters():
         p.requires_grad_(False)
+
+
+def build_tagger(source: str, layers: int | None, seed: int, device) -> tuple[Tagger, object]:
+    """Encoder + fresh head (seeded), embeddings frozen."""
+    encoder, tok = encoders.load(source, layers)
+    torch.manual_seed(seed)
+    tagger = Tagger(encoder).to(device)
+    freeze_embeddings(tagger)
+    return tagger, tok
+
+
+def reset_tagger(tagger: Tagger, pretrained: dict, seed: int) -> None:
+    """Back to the pretrained encoder with a freshly seeded head."""
+    tagger.load_state_dict(pretrained, strict=False)
+    torch.manual_seed(seed)
+    tagger.head.reset_parameters()
 
 
 # ----------------------------------------------------------------------- training

@@ -15,6 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 from lib.book import profiles
 from lib.chapters.graddrop import masking, resources
 from lib.chapters.graddrop import study as gs
+from lib.core import pos_transfer
 from lib.core.pos_transfer import Tagger, TrainConfig, train_tagger, trainable_state
 
 
@@ -194,7 +195,7 @@ def test_a_masking_step_allocates_no_full_size_tensor():
 
 @pytest.fixture(scope="module")
 def tiny():
-    tagger, tok = gs.build_tagger("tiny-xlmr", 2, 0, "cpu")
+    tagger, tok = pos_transfer.build_tagger("tiny-xlmr", 2, 0, "cpu")
     rng = np.random.default_rng(0)
     train = [
         ([tok.bos, *rng.integers(5, 500, size=n).tolist(), tok.eos],
@@ -208,14 +209,14 @@ def test_standard_arm_is_the_harness_training(tiny):
     tagger, tok, train = tiny
     pre = trainable_state(tagger)
     cfg = TrainConfig(steps=5, lr=1e-3, batch_size=8, bucket=True, seed=3)
-    gs.reset_tagger(tagger, pre, 3)
+    pos_transfer.reset_tagger(tagger, pre, 3)
     gs.train_arm(tagger, train, cfg, gs.Arm("standard"), tok.pad)
     ours = trainable_state(tagger)
-    gs.reset_tagger(tagger, pre, 3)
+    pos_transfer.reset_tagger(tagger, pre, 3)
     train_tagger(tagger, train, cfg, tok.pad)
     for k, v in trainable_state(tagger).items():
         assert torch.equal(v, ours[k]), k
-    gs.reset_tagger(tagger, pre, 0)
+    pos_transfer.reset_tagger(tagger, pre, 0)
 
 
 def test_masked_arms_run_through_fit_and_count_their_drops(tiny):
@@ -225,7 +226,7 @@ def test_masked_arms_run_through_fit_and_count_their_drops(tiny):
     kinds = [("elementwise", "frozen"), ("elementwise", "decay"), ("scheduled", "frozen"),
              ("layerwise", "frozen"), ("unfreeze", "frozen")]  # fmt: skip
     for arm in [gs.Arm(k, 0.5, s) for k, s in kinds]:
-        gs.reset_tagger(tagger, pre, 1)
+        pos_transfer.reset_tagger(tagger, pre, 1)
         log = gs.train_arm(tagger, train, cfg, arm, tok.pad)
         assert np.all(np.isfinite(log["loss"])) and len(log["loss"]) == 6
         summary = gs.hook_summary(log["hook"])
@@ -235,7 +236,7 @@ def test_masked_arms_run_through_fit_and_count_their_drops(tiny):
             assert summary["first_update"] == dict(enumerate(summary["planned"]))
     with pytest.raises(ValueError, match="unknown arm kind"):
         gs.make_hooks(tagger, gs.Arm("dropout"), 5, 0)
-    gs.reset_tagger(tagger, pre, 0)
+    pos_transfer.reset_tagger(tagger, pre, 0)
 
 
 def test_rescale_makes_no_difference_under_adam(tiny):
@@ -246,7 +247,7 @@ def test_rescale_makes_no_difference_under_adam(tiny):
     # the chapter's check bound; what is left is Adam's epsilon against tiny gradients
     assert gs.rescale_difference(tagger, pre, d, cfg, 0.5, tok.pad) < 0.01
     assert gs.masked_entries_probe(tagger, d, cfg, tok.pad, 0.5) == 0.0
-    gs.reset_tagger(tagger, pre, 0)
+    pos_transfer.reset_tagger(tagger, pre, 0)
 
 
 # ---------------------------------------------------------------- selection and statistics

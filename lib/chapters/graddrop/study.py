@@ -18,7 +18,7 @@ from scipy import stats as st
 
 from lib.book import stats
 from lib.chapters.graddrop import masking
-from lib.core import cache, encoders
+from lib.core import cache
 from lib.core.pos_transfer import (
     IGNORE,
     Tagger,
@@ -27,10 +27,10 @@ from lib.core.pos_transfer import (
     baseline_accuracy,
     bucketed_batches,
     evaluate_items,
-    freeze_embeddings,
     lr_lambda,
     pad_batch,
     prepare_transfer,
+    reset_tagger,
     trainable_state,
 )
 from lib.core.train import fit
@@ -81,22 +81,6 @@ def language_table(d: StudyData) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).set_index("lang")
-
-
-def build_tagger(source: str, layers: int | None, seed: int, device) -> tuple[Tagger, object]:
-    """Encoder + fresh head (seeded), embeddings frozen."""
-    encoder, tok = encoders.load(source, layers)
-    torch.manual_seed(seed)
-    tagger = Tagger(encoder).to(device)
-    freeze_embeddings(tagger)
-    return tagger, tok
-
-
-def reset_tagger(tagger: Tagger, pretrained: dict, seed: int) -> None:
-    """Back to the pretrained encoder with a freshly seeded head."""
-    tagger.load_state_dict(pretrained, strict=False)
-    torch.manual_seed(seed)
-    tagger.head.reset_parameters()
 
 
 # ----------------------------------------------------------------------- training

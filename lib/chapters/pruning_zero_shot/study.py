@@ -23,7 +23,7 @@ from scipy import stats as st
 from lib.book import stats
 from lib.chapters.pruning_zero_shot import regularizers
 from lib.chapters.pruning_zero_shot.schedule import Pruner, Stage, run_stage
-from lib.core import encoders, pruning
+from lib.core import pruning
 from lib.core.pos_transfer import (
     IGNORE,
     TAG_ID,
@@ -33,10 +33,10 @@ from lib.core.pos_transfer import (
     baseline_accuracy,
     cached_dense_finetune,
     evaluate_items,
-    freeze_embeddings,
     majority_tag,
     pairwise_retrieval_hits,
     prepare_transfer,
+    reset_tagger,
     subword_overlap,
     trainable_state,
 )
@@ -97,22 +97,6 @@ def floor_items(d: StudyData) -> dict[str, np.ndarray]:
         lang: np.array([float(sum(y == maj for y in ys)) for _, ys in ex])
         for lang, ex in d.test.items()
     }
-
-
-def build_tagger(source: str, layers: int | None, seed: int, device) -> tuple[Tagger, object]:
-    """Encoder + fresh head (seeded), embeddings frozen."""
-    encoder, tok = encoders.load(source, layers)
-    torch.manual_seed(seed)
-    tagger = Tagger(encoder).to(device)
-    freeze_embeddings(tagger)
-    return tagger, tok
-
-
-def reset_tagger(tagger: Tagger, pretrained: dict, seed: int) -> None:
-    """Back to the pretrained encoder with a freshly seeded head."""
-    tagger.load_state_dict(pretrained, strict=False)
-    torch.manual_seed(seed)
-    tagger.head.reset_parameters()
 
 
 def evaluate_all(tagger: Tagger, d: StudyData, pad: int, device, batch_size: int = 32):
