@@ -507,13 +507,16 @@ def fp16_state(model: nn.Module) -> dict[str, object]:
 
 def to_csr(t: torch.Tensor) -> torch.Tensor:
     """A 2-D tensor in torch's sparse CSR layout with int32 row pointers and column indices."""
-    csr = t.detach().to_sparse_csr()
-    return torch.sparse_csr_tensor(
-        csr.crow_indices().to(torch.int32),
-        csr.col_indices().to(torch.int32),
-        csr.values(),
-        tuple(t.shape),
-    )
+    with warnings.catch_warnings():  # "sparse CSR support is in beta" notices
+        warnings.simplefilter("ignore")
+        csr = t.detach().to_sparse_csr()
+        return torch.sparse_csr_tensor(
+            csr.crow_indices().to(torch.int32),
+            csr.col_indices().to(torch.int32),
+            csr.values(),
+            tuple(t.shape),
+            check_invariants=False,
+        )
 
 
 def csr_bytes(t: torch.Tensor) -> int:
