@@ -260,7 +260,9 @@ def test_paper_vs_here_rows_keep_only_the_minilm_findings():
              "verdict": "partly", "why": "w"},
         ]
     )  # fmt: skip
-    assert len(rows) == 1 and rows[0]["here"] == "0.5 [0.1, 0.9] (3 seeds)"
+    assert len(rows) == 1 and rows[0]["claim"] == "int8_dynamic_acc_drop_pts"
+    assert rows[0]["here"].startswith("0.5 [0.1, 0.9], 3 seeds; MiniLM")
+    assert rows[0]["verdict"] == "reproduced"
 
 
 def test_fusion_curve_statistics():

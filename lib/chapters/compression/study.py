@@ -1130,22 +1130,22 @@ MINILM_FINDINGS = {
 
 def paper_vs_here_rows(findings: list[dict]) -> list[dict]:
     """The MiniLM findings as rows of the chapter's paper-vs-here table (``findings``: the
-    recorded findings, ``ch.records.findings``): what, the paper's value and source, the
-    setting here, the value with its interval and seeds, and the computed verdict."""
+    recorded findings, ``ch.records.findings``; other findings are left out), in that table's
+    columns: claim, paper, source, here (value, interval, seeds and the setting here) and the
+    computed verdict (with its reason when inconclusive)."""
     rows = []
     for r in findings:
         if r["name"] not in MINILM_FINDINGS:
             continue
-        ci = "-" if r["ci"] is None else f"[{r['ci'][0]:.3g}, {r['ci'][1]:.3g}]"
+        ci = "" if r["ci"] is None else f" [{r['ci'][0]:.3g}, {r['ci'][1]:.3g}]"
+        why = f" ({r['why']})" if r["verdict"] == "inconclusive" else ""
         rows.append(
             {
-                "result": r["text"],
-                "paper": str(r["paper_value"]),
+                "claim": r["name"],
+                "paper": r["paper_value"],
                 "source": r["paper_source"],
-                "here (setting)": MINILM_FINDINGS[r["name"]],
-                "here": f"{r['value']:.3g} {ci} ({r['n_seeds']} seeds)",
-                "verdict": r["verdict"]
-                + (f" ({r['why']})" if r["verdict"] == "inconclusive" else ""),
+                "here": f"{r['value']:.3g}{ci}, {r['n_seeds']} seeds; {MINILM_FINDINGS[r['name']]}",
+                "verdict": r["verdict"] + why,
             }
         )
     return rows
