@@ -226,6 +226,8 @@ def test_arm_correct_stacks_seeds_and_collapse_is_within_a_margin_of_the_majorit
     assert study.arm_correct("a", "90%").shape == (2, 100)
     assert study.majority_share() == 0.75
     assert study.collapsed("a", "90%") and not study.collapsed("b", "90%")
+    mixed = _study_with({("c", "90%", 0): ones, ("c", "90%", 1): good, ("c", "90%", 2): good}, y)
+    assert not mixed.collapsed("c", "90%") and mixed.collapsed_seeds("c", "90%") == 1
     assert not _study_with({("a", "90%", 0): ones}, y, margin=0.0).collapsed("a", "90%")
     with pytest.raises(KeyError):
         study.arm_correct("a", "50%")

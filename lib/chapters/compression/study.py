@@ -803,6 +803,12 @@ class Study:
         acc = float(self.arm_correct(arm, level).mean())
         return acc - self.majority_share() < self.cfg.collapse_margin
 
+    def collapsed_seeds(self, arm: str, level: str) -> int:
+        """How many seeds of one (arm, level) are, on their own, within ``collapse_margin`` of
+        the majority-class share (an arm can collapse at one seed and not at the others)."""
+        acc = self.arm_correct(arm, level).mean(1)
+        return int((acc - self.majority_share() < self.cfg.collapse_margin).sum())
+
 
 # ---------------------------------------------------------------- the CNN layer-fusion curve
 
@@ -987,7 +993,8 @@ TOLERANCES_PTS = (1.0, 2.0)  # "within 1 / 2 accuracy points of dense": the equa
 
 
 def summarise(study: Study, sizes: list[dict], times: dict | None) -> "pd.DataFrame":
-    """One line per (arm, level): accuracy mean/std/n over seeds, whether it collapsed, the
+    """One line per (arm, level): accuracy mean/std/n over seeds, whether it collapsed (its
+    mean) and at how many seeds, the
     file (form, whole-model bytes, bytes without embeddings, fp16 bytes), non-zeros, FLOPs,
     median latency and interquartile range at batch 1 and 32, and the ratios to the dense
     fp32 model (size_x = dense bytes / bytes, speed32_x = dense latency / latency)."""
@@ -1001,6 +1008,7 @@ def summarise(study: Study, sizes: list[dict], times: dict | None) -> "pd.DataFr
     )
     out["acc_std"] = out["acc_std"].fillna(0.0)
     out["collapsed"] = [study.collapsed(a, lv) for a, lv in zip(out.arm, out.level)]
+    out["seeds_collapsed"] = [study.collapsed_seeds(a, lv) for a, lv in zip(out.arm, out.level)]
     out = out.merge(pd.DataFrame(sizes), on=["arm", "level"], how="left")
     for b in ("b1", "b32") if times else ():
         summ = latency.interleaved_summary(times[b])
