@@ -205,6 +205,8 @@ class StaticInt8Linear(nn.Module):
         s_x, z_x = qparams(x_range[0], x_range[1], 0, 255)
         s_y, z_y = qparams(y_range[0], y_range[1], 0, 255)
         self.in_scale, self.in_zero = float(s_x), int(z_x)
+        # the input scale and zero point travel in the state dict (a saved file is complete)
+        self.register_buffer("in_qparams", torch.tensor([self.in_scale, float(self.in_zero)]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.qlinear = nnq.Linear(layer.in_features, layer.out_features, dtype=torch.qint8)
@@ -354,8 +356,8 @@ def unpack_tensor(packed: dict[str, torch.Tensor]) -> torch.Tensor:
 def _module_tensors(name: str, module: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors that define one leaf module; int8 layers give int8 weights plus their scales."""
     if isinstance(module, StaticInt8Linear):
+        extra = {"in_qparams": module.in_qparams}
         module = module.qlinear
-        extra = {"in_qparams": torch.tensor([module.scale, module.zero_point])}
     else:
         extra = {}
     if isinstance(module, QLINEAR_TYPES):
@@ -465,3 +467,161 @@ def state_bytes(state: dict) -> int:
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getbuffer().nbytes
+
+
+# ---------------------------------------------------------------- standard files (state dicts)
+#
+# What a practitioner ships: ``torch.save`` of a state dict, measured on disk. Four forms:
+# fp32 (as trained), fp16 (every floating tensor halved), int8 (a quantised model's own state
+# dict: int8 weights, their scales and zero points, fp32 biases and everything that is not
+# quantised) and sparse (2-D floating tensors as torch sparse CSR with int32 indices, where
+# that is smaller than dense). Tensors shared by several modules (layer fusion) are stored
+# once by ``torch.save``, and the casts below keep them shared.
+
+
+def _keep_shared(state: dict[str, object], cast) -> dict[str, object]:
+    """``cast`` applied to every tensor of ``state``, once per distinct tensor (same storage,
+    offset, shape and dtype), so that tensors shared before stay shared after."""
+    done: dict[tuple, torch.Tensor] = {}
+    out: dict[str, object] = {}
+    for key, t in state.items():
+        if not isinstance(t, torch.Tensor) or t.is_quantized or t.layout != torch.strided:
+            out[key] = t
+            continue
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if ident not in done:
+            done[ident] = cast(t)
+        out[key] = done[ident]
+    return out
+
+
+def fp32_state(model: nn.Module) -> dict[str, object]:
+    """The model's state dict as trained (fp32; int8 modules keep their own packed form)."""
+    return dict(model.state_dict())
+
+
+def fp16_state(model: nn.Module) -> dict[str, object]:
+    """The state dict with every floating tensor in half precision."""
+    return _keep_shared(fp32_state(model), lambda t: t.half() if t.is_floating_point() else t)
+
+
+def to_csr(t: torch.Tensor) -> torch.Tensor:
+    """A 2-D tensor in torch's sparse CSR layout with int32 row pointers and column indices."""
+    with warnings.catch_warnings():  # "sparse CSR support is in beta" notices
+        warnings.simplefilter("ignore")
+        csr = t.detach().to_sparse_csr()
+        return torch.sparse_csr_tensor(
+            csr.crow_indices().to(torch.int32),
+            csr.col_indices().to(torch.int32),
+            csr.values(),
+            tuple(t.shape),
+            check_invariants=False,
+        )
+
+
+def csr_bytes(t: torch.Tensor) -> int:
+    """Payload bytes of :func:`to_csr`: one value and one int32 column index per non-zero,
+    and rows + 1 int32 row pointers."""
+    nnz = int((t != 0).sum())
+    return nnz * (t.element_size() + 4) + (t.shape[0] + 1) * 4
+
+
+def sparse_state(model: nn.Module) -> dict[str, object]:
+    """The state dict with each 2-D floating tensor in CSR form where that is smaller than
+    dense (pruned weights); everything else as in :func:`fp32_state`."""
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        dense = t.numel() * t.element_size()
+        if t.dim() == 2 and t.is_floating_point() and csr_bytes(t) < dense:
+            return to_csr(t)
+        return t
+
+    return _keep_shared(fp32_state(model), cast)
+
+
+def dense_tensor(t: object) -> object:
+    """A tensor back in the strided layout (what loading a sparse file gives the model)."""
+    if isinstance(t, torch.Tensor) and t.layout == torch.sparse_csr:
+        return t.to_dense()
+    return t
+
+
+def without(state: dict[str, object], prefixes: tuple[str, ...]) -> dict[str, object]:
+    """The state dict without the entries whose names start with one of ``prefixes``."""
+    return {k: v for k, v in state.items() if not k.startswith(prefixes)}
+
+
+def saved_bytes(state: dict[str, object], path: str | Path | None = None) -> int:
+    """Bytes on disk of ``torch.save(state)`` (written to ``path``, or to a temporary file)."""
+    if path is not None:
+        torch.save(state, path)
+        return os.path.getsize(path)
+    with tempfile.NamedTemporaryFile(suffix=".pt") as f:
+        torch.save(state, f.name)
+        return os.path.getsize(f.name)
+
+
+def payload_bytes(state: dict[str, object]) -> int:
+    """Bytes of the tensors that ``torch.save(state)`` writes, counted from their shapes (each
+    distinct storage once; int8 packed weights as int8 plus their scales): what
+    :func:`saved_bytes` should equal up to the file's small pickle overhead."""
+    seen: set[int] = set()
+    total = 0
+
+    def add(t: torch.Tensor) -> None:
+        nonlocal total
+        if t.layout == torch.sparse_csr:
+            for part in (t.crow_indices(), t.col_indices(), t.values()):
+                add(part)
+            return
+        if t.is_quantized:
+            total += t.numel() * t.element_size()
+            if t.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                add(t.q_per_channel_scales())
+                add(t.q_per_channel_zero_points())
+            return
+        st = t.untyped_storage()
+        if st.data_ptr() in seen:
+            return
+        seen.add(st.data_ptr())
+        total += st.nbytes()
+
+    def walk(v: object) -> None:
+        if isinstance(v, torch.Tensor):
+            add(v)
+        elif isinstance(v, (tuple, list)):
+            for x in v:
+                walk(x)
+
+    for v in state.values():
+        walk(v)
+    return total
+
+
+def expected_bytes(
+    model: nn.Module, skip: tuple[str, ...] = (), int8: list[str] = (), sparse: bool = False
+) -> int:
+    """Payload bytes a file of ``model`` should hold, from shapes alone: every state-dict tensor
+    (names starting with ``skip`` left out, shared tensors once) at its element size, except
+    the weights of the Linears named in ``int8`` (1 byte per weight) and, with ``sparse``,
+    2-D floating tensors at the smaller of dense and :func:`csr_bytes`. The independent side of
+    the size checks: a float model predicts its own fp32 and sparse files and the file of its
+    int8-quantised copy."""
+    quantised = {f"{n}.weight" for n in int8}
+    seen: set[tuple] = set()
+    total = 0
+    for key, t in model.state_dict().items():
+        if key.startswith(skip):
+            continue
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if ident in seen:
+            continue
+        seen.add(ident)
+        dense = t.numel() * t.element_size()
+        if key in quantised:
+            total += t.numel()
+        elif sparse and t.dim() == 2 and t.is_floating_point():
+            total += min(dense, csr_bytes(t))
+        else:
+            total += dense
+    return total

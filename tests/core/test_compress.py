@@ -198,3 +198,69 @@ def test_packing_int8_layers_never_mistakes_a_freed_temporary_for_a_shared_tenso
     refs = [k for k, v in compress.pack_state(q).items() if isinstance(v, str)]
     assert refs == []
     assert len({compress.state_bytes(compress.pack_state(q)) for _ in range(20)}) == 1
+
+
+# ---------------------------------------------------------------- standard state-dict files
+
+
+def test_fp16_file_halves_floats_and_keeps_tied_tensors_shared():
+    model = mlp(depth=4)
+    compress.fuse_layers(model, ["2", "4"], 1)  # the two hidden Linears tied
+    fp32, fp16 = compress.fp32_state(model), compress.fp16_state(model)
+    assert fp16["2.weight"] is fp16["4.weight"] and fp16["2.weight"].dtype == torch.float16
+    b32, b16 = compress.saved_bytes(fp32), compress.saved_bytes(fp16)
+    # the tied tensor is stored once in both files: payload from shapes, once per tensor
+    assert compress.payload_bytes(fp32) == compress.expected_bytes(model)
+    assert compress.payload_bytes(fp16) == compress.payload_bytes(fp32) // 2
+    assert b32 >= compress.payload_bytes(fp32) and b16 >= compress.payload_bytes(fp16)
+    assert abs(b16 - b32 / 2) < 2000  # only the pickle overhead is not halved
+
+
+def test_sparse_file_is_csr_with_int32_indices_and_loads_back(tmp_path):
+    model = mlp(depth=4, h=64)
+    names = compress.linear_names(model)
+    compress.prune_unstructured(model, 0.8, names)
+    state = compress.sparse_state(model)
+    csr = [k for k, v in state.items() if v.layout == torch.sparse_csr]
+    assert csr and all(state[k].col_indices().dtype == torch.int32 for k in csr)
+    for k in csr:
+        w = model.state_dict()[k]
+        assert compress.csr_bytes(w) < w.numel() * 4
+    f = tmp_path / "m.pt"
+    n = compress.saved_bytes(state, f)
+    assert n == f.stat().st_size
+    assert compress.payload_bytes(state) == compress.expected_bytes(model, sparse=True)
+    loaded = {k: compress.dense_tensor(v) for k, v in torch.load(f, weights_only=True).items()}
+    fresh = mlp(depth=4, h=64)
+    fresh.load_state_dict(loaded)
+    for k, v in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    # a dense model gains nothing from CSR: the sparse file is the fp32 file
+    assert compress.payload_bytes(compress.sparse_state(mlp())) == compress.expected_bytes(mlp())
+
+
+def test_int8_file_holds_one_byte_per_weight_and_embeddings_can_be_left_out():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(100, 32), nn.Linear(32, 64), nn.Linear(64, 8))
+    names = ["1", "2"]
+    expect_all = compress.expected_bytes(model, int8=names)
+    expect_noemb = compress.expected_bytes(model, skip=("0.",), int8=names)
+    assert expect_all - expect_noemb == 100 * 32 * 4  # the fp32 embedding table
+    assert expect_noemb == (32 * 64 + 64 * 8) + 4 * (64 + 8)
+    q = compress.quantize_dynamic_int8(model, names)
+    state = compress.fp32_state(q)
+    # plus each quantised Linear's output scale (fp32) and zero point (int64) entries
+    assert compress.payload_bytes(state) == expect_all + 2 * (4 + 8)
+    no_emb = compress.without(state, ("0.",))
+    assert not any(k.startswith("0.") for k in no_emb)
+    assert compress.saved_bytes(no_emb) < compress.saved_bytes(state) - 100 * 32 * 4 + 200
+
+
+def test_static_int8_state_dict_carries_its_input_quantisation():
+    torch.manual_seed(0)
+    model = mlp()
+    x = torch.randn(64, 16)
+    compress.quantize_static_int8(model, ["0"], lambda m: m(x))
+    layer = compress.get_module(model, "0")
+    state = model.state_dict()
+    assert torch.allclose(state["0.in_qparams"], torch.tensor([layer.in_scale, layer.in_zero]))

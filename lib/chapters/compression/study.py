@@ -21,6 +21,7 @@ from torch import nn
 if TYPE_CHECKING:
     import pandas as pd
 
+from lib.book import stats
 from lib.book.stats import Estimate
 from lib.core import compress, encoders, latency, pruning
 from lib.core.cache import cached
@@ -86,7 +87,6 @@ def load_minilm(layers: int | list[int] = 6) -> SentimentModel:
     bert, _ = encoders.load("minilm", layers)
     bert.embeddings.requires_grad_(False)
     return SentimentModel(bert)
-
 
 
 def encoder_linears(model: SentimentModel) -> list[str]:
@@ -253,69 +253,210 @@ def accuracy(model: nn.Module, data: Batchset, batch: int = 128) -> float:
     return float(correct(model, data, batch).mean())
 
 
-# ---------------------------------------------------------------- the cached dense model
+# ---------------------------------------------------------------- MiniLM: batches by length
+
+
+@dataclass
+class TextSet:
+    """Tokenised snippets padded to one length (``ids``, ``mask``) and their labels. A batch
+    is cut to its longest snippet: the padding beyond it is masked out of attention and of
+    the mean pooling, so it changes nothing but the time."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def x(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ids, self.mask
+
+    def lengths(self) -> np.ndarray:
+        """Tokens per snippet (special tokens included, padding excluded)."""
+        return self.mask.sum(1).numpy()
+
+    def take(self, idx) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Items ``idx`` as (ids, mask) cut to the longest of them, and their labels."""
+        idx = torch.as_tensor(idx)
+        n = max(int(self.mask[idx].sum(1).max()), 1)
+        return (self.ids[idx, :n], self.mask[idx, :n]), self.y[idx]
+
+    def head(self, n: int) -> TextSet:
+        """The first ``n`` items."""
+        return TextSet(self.ids[:n], self.mask[:n], self.y[:n])
+
+
+def bucket_batches(
+    lengths: np.ndarray, batch: int, rng: np.random.Generator, pool: int = 20
+) -> list[np.ndarray]:
+    """One epoch of length-bucketed batches: shuffle, cut into pools of ``pool`` batches, sort
+    each pool by length, cut it into batches, shuffle the batches. Every item appears once, and
+    a batch holds snippets of similar length (little padding)."""
+    perm = rng.permutation(len(lengths))
+    out: list[np.ndarray] = []
+    for s in range(0, len(perm), pool * batch):
+        chunk = perm[s : s + pool * batch]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        out += [chunk[i : i + batch] for i in range(0, len(chunk), batch)]
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+class EpochBatches:
+    """Batch ``t`` of a sequence of epochs of :func:`bucket_batches`, seeded."""
+
+    def __init__(self, lengths: np.ndarray, batch: int, seed: int) -> None:
+        self.lengths, self.batch = lengths, batch
+        self.rng = np.random.default_rng(seed)
+        self.queue: list[np.ndarray] = []
+
+    def __call__(self, t: int) -> np.ndarray:
+        if not self.queue:
+            self.queue = bucket_batches(self.lengths, self.batch, self.rng)
+        return self.queue.pop(0)
+
+
+def fit_text(
+    model: SentimentModel,
+    data: TextSet,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    *,
+    teacher_logits: torch.Tensor | None = None,
+    kd: float = 0.0,
+    temperature: float = 2.0,
+    after_step: Callable[[int], None] | None = None,
+    events: dict[int, Callable[[], None]] | None = None,
+) -> list[float]:
+    """AdamW on cross-entropy over length-bucketed batches, through :func:`lib.core.train.fit`,
+    plus ``kd`` x KL(teacher || student) at ``temperature`` when ``teacher_logits`` (one row per
+    training item, computed once) are given. ``after_step(t)`` runs after every update (pruning
+    masks), ``events[t]`` before step t (fusion; the optimizer is rebuilt). The batch order
+    comes from ``seed`` (so every arm of a seed sees the same batches); dropout from torch's
+    global generator, seeded here too."""
+    torch.manual_seed(seed)
+    batches = EpochBatches(data.lengths(), batch, seed)
+    events = events or {}
+
+    def loss_fn(m: nn.Module, idx: np.ndarray) -> torch.Tensor:
+        x, y = data.take(idx)
+        logits = m(*x)
+        loss = F.cross_entropy(logits, y)
+        if teacher_logits is not None and kd:
+            tau = temperature
+            loss = loss + kd * tau**2 * F.kl_div(
+                F.log_softmax(logits / tau, -1),
+                F.log_softmax(teacher_logits[torch.as_tensor(idx)] / tau, -1),
+                log_target=True,
+                reduction="batchmean",
+            )
+        return loss
+
+    def before_step(t: int) -> bool:
+        if t in events:
+            events[t]()
+            return True
+        return False
+
+    log = fit(
+        model,
+        batches,
+        loss_fn,
+        steps,
+        lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
+        before_step=before_step,
+        after_step=after_step,
+    )
+    return log["loss"]
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, data: TextSet, batch: int = 64) -> torch.Tensor:
+    """Logits of every item, in order, computed in batches of similar length without
+    gradients."""
+    model.eval()
+    order = np.argsort(data.lengths(), kind="stable")
+    out = torch.empty(len(data), 2)
+    for s in range(0, len(order), batch):
+        idx = order[s : s + batch]
+        x, _ = data.take(idx)
+        out[torch.as_tensor(idx)] = model(*x).float()
+    return out
+
+
+def correct_text(model: nn.Module, data: TextSet, batch: int = 64) -> np.ndarray:
+    """Per-item correctness (bool, in order); accuracy is its mean."""
+    return (logits_of(model, data, batch).argmax(-1) == data.y).numpy()
+
+
+# ---------------------------------------------------------------- the cached dense models
 
 
 def finetuned_dense(
-    config: dict, data: Batchset, use_cache: bool = True
+    config: dict, data: TextSet, use_cache: bool = True
 ) -> tuple[SentimentModel, bool]:
     """The fine-tuned full MiniLM for ``config`` (layers, steps, batch, lr, seed, max_len,
-    n_train, n_test: the split depends on both sizes), through :func:`lib.core.cache.cached`;
-    returns (model, loaded_from_cache)."""
+    n_train, n_test: the split depends on both sizes; one model per seed), through
+    :func:`lib.core.cache.cached`; returns (model, loaded_from_cache)."""
     model = load_minilm(config["layers"])
 
     def build() -> dict:
         torch.manual_seed(config["seed"])
         model.head.reset_parameters()
-        train(model, data, config["steps"], config["batch"], config["lr"], config["seed"])
+        fit_text(model, data, config["steps"], config["batch"], config["lr"], config["seed"])
         return model.state_dict()
 
-    state, loaded = cached("compression", "dense", config, build, use_cache=use_cache)
+    key = {**config, "batches": "length-bucketed v2"}
+    state, loaded = cached("compression", "dense", key, build, use_cache=use_cache)
     if loaded:
         model.load_state_dict(state)
     model.eval()
     return model, loaded
 
 
-# ---------------------------------------------------------------- measuring one compressed model
+# ---------------------------------------------------------------- files, FLOPs, latency
 
 EMBED = ("bert.embeddings",)
+FORMS = {"fp32": compress.fp32_state, "sparse": compress.sparse_state, "int8": compress.fp32_state}
 
 
-def size_row(model: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[str, float]:
-    """Bytes on disk (embeddings excluded), non-zero parameters and FLOPs of one example."""
+def size_row(model: nn.Module, form: str, example: tuple[torch.Tensor, ...]) -> dict[str, object]:
+    """The model as a standard file (``torch.save`` of its state dict in ``form``: fp32, sparse
+    CSR, or a quantised model's own int8 state dict), measured on disk with and without the
+    embedding tables, its fp16 file (float models), non-zero parameters and FLOPs of one
+    example."""
+    state = FORMS[form](model)
+    fp16 = compress.fp16_state(model) if form != "int8" else None
     return {
-        "bytes": compress.file_bytes(model, skip=EMBED),
+        "form": form,
+        "bytes": compress.saved_bytes(state),
+        "bytes_noemb": compress.saved_bytes(compress.without(state, EMBED)),
+        "payload": compress.payload_bytes(state),
+        "fp16_bytes": np.nan if fp16 is None else compress.saved_bytes(fp16),
         "nonzero": compress.nonzero_params(model, skip=EMBED),
         "flops": compress.flops(model, *example),
     }
 
 
-def speed_row(
-    model: nn.Module,
-    x1: tuple[torch.Tensor, ...],
-    x32: tuple[torch.Tensor, ...],
-    runs: int,
-    warmup: int,
-    keep: dict[str, np.ndarray] | None = None,
-) -> dict[str, float]:
-    """Latency at 1 thread (batch 1 and batch 32; median and p90 in ms) and peak tensor memory
-    at batch 32; the seconds of every timed call go into ``keep`` (keys b1, b32) if given."""
-    model.eval()
-    t1 = latency.time_calls(lambda: model(*x1), runs=runs, warmup=warmup)
-    t32 = latency.time_calls(lambda: model(*x32), runs=runs, warmup=warmup)
-    if keep is not None:
-        keep.update(b1=t1, b32=t32)
-    b1, b32 = latency.summary(t1), latency.summary(t32)
-    peak = latency.peak_bytes(lambda: model(*x32), base=latency.model_bytes(model))
-    return {
-        "lat1_ms": b1["median_ms"],
-        "lat1_p90_ms": b1["p90_ms"],
-        "lat32_ms": b32["median_ms"],
-        "lat32_p90_ms": b32["p90_ms"],
-        "peak_mb": peak / 2**20,
-        "runs": b32["runs"],
-    }
+def paired_speedup(
+    base: np.ndarray, other: np.ndarray, n_boot: int = 2000, seed: int = 0
+) -> Estimate:
+    """Ratio of median call times (base / other) of two models timed in the same interleaved
+    rounds, with a bootstrap interval that resamples whole rounds (both models together)."""
+    base, other = np.asarray(base, float), np.asarray(other, float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(base), (n_boot, len(base)))
+    boot = np.median(base[idx], axis=1) / np.median(other[idx], axis=1)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return Estimate(
+        float(np.median(base) / np.median(other)),
+        (float(lo), float(hi)),
+        1,
+        f"bootstrap over {len(base)} interleaved rounds (one model per arm)",
+    )
 
 
 # ---------------------------------------------------------------- CNN for layer fusion
@@ -394,26 +535,30 @@ class StudyConfig:
     rank_ratios: tuple[float, ...]
     student_layers: tuple[int, ...]
     fusion_fractions: tuple[float, ...]
-    cc_weight: float
     kd_weight: float
-    att_weight: float
+    eval_batch: int
+    collapse_margin: float
     latency_runs: int
     latency_warmup: int
 
 
-def sentiment_data(cfg: StudyConfig) -> tuple[Batchset, Batchset, Batchset]:
-    """Train, test and calibration sets of tokenised snippets (fixed split shared by all seeds)."""
+def sentiment_data(cfg: StudyConfig) -> tuple[TextSet, TextSet, TextSet]:
+    """Train, test and calibration sets of tokenised snippets (fixed split shared by all
+    seeds; calibration: the first 256 training snippets)."""
     texts, labels = rotten_tomatoes()
+    if cfg.n_test + cfg.n_train > len(texts):
+        raise ValueError(
+            f"n_train + n_test = {cfg.n_train + cfg.n_test} > {len(texts)} snippets available"
+        )
     tr, te = split_indices(len(texts), cfg.n_test, cfg.n_train)
     tok = tokenizer()
 
     def make(idx):
         ids, mask = encode(tok, [texts[i] for i in idx], cfg.max_len)
-        return Batchset((ids, mask), torch.from_numpy(labels[idx]))
+        return TextSet(ids, mask, torch.from_numpy(labels[idx]))
 
-    train_set, test_set = make(tr), make(te)
-    calib = Batchset(tuple(t[:256] for t in train_set.x), train_set.y[:256])
-    return train_set, test_set, calib
+    train_set = make(tr)
+    return train_set, make(te), train_set.head(min(256, cfg.n_train))
 
 
 def spread(layers: int, keep: int) -> list[int]:
@@ -421,40 +566,52 @@ def spread(layers: int, keep: int) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, layers - 1, keep)})
 
 
+SAME_BUDGET = "dense, same budget"  # the dense model given the arms' extra steps
+
+
 class Study:
-    """Runs every arm on the shared fine-tuned dense model and collects one row per (arm, level,
-    seed)."""
+    """Every arm of the MiniLM comparison, per seed: seed s fine-tunes its own dense model,
+    and every arm of seed s starts from it (and retrains on the same batches), so arms are
+    paired by seed and by test item."""
 
     def __init__(self, cfg: StudyConfig, base_seed: int = 0) -> None:
         self.cfg, self.base_seed = cfg, base_seed
         self.train_set, self.test_set, self.calib = sentiment_data(cfg)
-        dense_cfg = {
-            "layers": cfg.layers,
-            "steps": cfg.finetune_steps,
-            "batch": cfg.batch,
-            "lr": cfg.lr,
-            "seed": 0,
-            "max_len": cfg.max_len,
-            "n_train": cfg.n_train,
-            "n_test": cfg.n_test,
-        }
-        self.dense, self.dense_cached = finetuned_dense(dense_cfg, self.train_set)
-        self.dense.requires_grad_(False)
         self.example = tuple(t[:1] for t in self.test_set.x)
         self.rows: list[dict] = []
-        self.correct: dict[tuple[str, str, int | None], np.ndarray] = {}
-        self.timed: dict[tuple[str, str], nn.Module] = {}
-        self.times: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        self.correct: dict[tuple[str, str, int], np.ndarray] = {}
+        # (arm, level) -> (family, file form, the first seed's model, timed or not)
+        self.kept: dict[tuple[str, str], tuple[str, str, nn.Module, bool]] = {}
+        self.seconds: dict[str, float] = {}
+        self.dense_cached: list[bool] = []
 
     # -- helpers
     def seeds(self) -> list[int]:
         return [self.base_seed + i for i in range(self.cfg.seeds)]
 
-    def copy_dense(self) -> SentimentModel:
-        """A trainable copy of the dense model that shares its frozen embedding tables."""
-        emb, self.dense.bert.embeddings = self.dense.bert.embeddings, None
-        model = clone(self.dense)
-        self.dense.bert.embeddings = model.bert.embeddings = emb
+    def dense_model(self, seed: int) -> SentimentModel:
+        """Seed ``seed``'s fine-tuned dense model (cached on disk)."""
+        c = self.cfg
+        config = {
+            "layers": c.layers,
+            "steps": c.finetune_steps,
+            "batch": c.batch,
+            "lr": c.lr,
+            "seed": seed,
+            "max_len": c.max_len,
+            "n_train": c.n_train,
+            "n_test": c.n_test,
+        }
+        model, loaded = finetuned_dense(config, self.train_set)
+        self.dense_cached.append(loaded)
+        return model.requires_grad_(False)
+
+    @staticmethod
+    def copy_of(dense: SentimentModel) -> SentimentModel:
+        """A trainable copy of a dense model that shares its frozen embedding tables."""
+        emb, dense.bert.embeddings = dense.bert.embeddings, None
+        model = clone(dense)
+        dense.bert.embeddings = model.bert.embeddings = emb
         model.requires_grad_(True)
         model.bert.embeddings.requires_grad_(False)
         return model
@@ -464,209 +621,173 @@ class Study:
         family: str,
         arm: str,
         level: str,
-        seed: int | None,
+        seed: int,
         model: nn.Module,
+        form: str = "fp32",
         time_it: bool = True,
     ) -> None:
-        """Per-item correctness and size of a finished model; the first seed's model is kept
-        for timing."""
-        hits = correct(model, self.test_set)
+        """Per-item correctness of a finished model; the first seed's model of each (arm,
+        level) is kept for sizes and timing."""
+        hits = correct_text(model, self.test_set, self.cfg.eval_batch)
         self.correct[(arm, level, seed)] = hits
-        row = {
-            "family": family,
-            "arm": arm,
-            "level": level,
-            "seed": seed,
-            "acc": float(hits.mean()),
-            **size_row(model, self.example),
-        }
-        self.rows.append(row)
-        if time_it and (arm, level) not in self.timed:
-            self.timed[(arm, level)] = model
-
-    def retrain(self, model: nn.Module, seed: int, recipe: Recipe = Recipe(), **kw) -> None:
-        """The equal recovery budget every retraining arm gets."""
-        train(
-            model,
-            self.train_set,
-            self.cfg.recover_steps,
-            self.cfg.batch,
-            self.cfg.lr,
-            seed,
-            recipe=recipe,
-            teacher=self.dense,
-            **kw,
+        self.rows.append(
+            {"family": family, "arm": arm, "level": level, "seed": seed, "acc": float(hits.mean())}
         )
+        if (arm, level) not in self.kept:
+            self.kept[(arm, level)] = (family, form, model, time_it)
 
-    # -- arms
-    def run_dense(self) -> None:
-        self.record("dense", "dense", "100%", None, self.dense)
+    def retrain(self, model: nn.Module, seed: int, **kw) -> None:
+        """The retraining budget every retraining arm gets (recover_steps on the same
+        length-bucketed batches for every arm of a seed)."""
+        c = self.cfg
+        fit_text(model, self.train_set, c.recover_steps, c.batch, c.lr, seed, **kw)
 
-    def run_small_dense(self) -> None:
-        """Shallower MiniLMs (pretrained layers spread over the depth) fine-tuned like the dense
-        one."""
-        for k in self.cfg.student_layers:
-            for s in self.seeds():
-                torch.manual_seed(s)
-                model = load_minilm(spread(self.cfg.layers, k))
-                model.bert.embeddings = self.dense.bert.embeddings
-                train(
-                    model, self.train_set, self.cfg.finetune_steps, self.cfg.batch, self.cfg.lr, s
-                )
-                self.record("small dense", "small dense", f"{k} layers", s, model)
+    # -- the arms of one seed
+    def arm_dense(self, dense: SentimentModel, s: int) -> None:
+        """The dense model, and the dense model retrained with the arms' budget."""
+        self.record("dense", "dense", "fine-tuned", s, dense)
+        model = self.copy_of(dense)
+        self.retrain(model, s)
+        self.record("dense", SAME_BUDGET, f"+{self.cfg.recover_steps} steps", s, model,
+                    time_it=False)  # fmt: skip
 
-    def run_unstructured(self) -> None:
-        """Global magnitude pruning along a cubic schedule, without and with self-distillation
-        (CC)."""
-        names = encoder_linears(self.dense)
-        for sd in (False, True):
-            arm = "magnitude + self-distil" if sd else "magnitude"
-            for sp in self.cfg.sparsities:
-                for s in self.seeds():
-                    model = self.copy_dense()
-                    pruner = pruning.MagnitudePruner(
-                        model.bert,
-                        sp,
-                        0,
-                        max(self.cfg.recover_steps // 2, 1),
-                        every=max(self.cfg.recover_steps // 10, 1),
-                    )
-                    pruner.step(0)
-                    recipe = Recipe(cc=self.cfg.cc_weight) if sd else Recipe()
-                    self.retrain(model, s, recipe, after_step=lambda t, p=pruner: p.step(t + 1))
-                    pruner.apply()
-                    assert abs(pruner.sparsity() - sp) < 1e-3, (pruner.sparsity(), sp)
-                    self.record(
-                        "unstructured",
-                        arm,
-                        f"{sp:.0%}",
-                        s,
-                        model,
-                        time_it=(sp == max(self.cfg.sparsities) and not sd),
-                    )
-                    if not sd:
-                        q = compress.quantize_dynamic_int8(clone(model), names)
-                        self.record(
-                            "prune + int8",
-                            "prune + int8",
-                            f"{sp:.0%}",
-                            s,
-                            q,
-                            time_it=(sp == max(self.cfg.sparsities)),
-                        )
-
-    def run_structured(self) -> None:
-        """FFN neurons physically removed (lowest ||w_in|| ||w_out||), then recovery."""
-        for frac in self.cfg.ffn_fractions:
-            for s in self.seeds():
-                model = self.copy_dense()
-                compress.prune_neurons(model, ffn_pairs(model), frac)
-                self.retrain(model, s)
-                self.record("structured", "FFN neurons", f"{frac:.0%}", s, model)
-
-    def run_ptq(self) -> None:
+    def arm_ptq(self, dense: SentimentModel, s: int) -> None:
         """Post-training int8: dynamic (weights int8, activations per batch) and static
         (calibrated)."""
-        names = encoder_linears(self.dense)
-        dyn = compress.quantize_dynamic_int8(self.copy_dense(), names)
-        self.record("int8 PTQ", "int8 dynamic", "int8", None, dyn)
+        names = encoder_linears(dense)
+        dyn = compress.quantize_dynamic_int8(self.copy_of(dense), names)
+        self.record("int8 PTQ", "int8 dynamic", "int8", s, dyn, "int8")
         calib = self.calib
-        static = compress.quantize_static_int8(self.copy_dense(), names, lambda m: m(*calib.x))
-        self.record("int8 PTQ", "int8 static", "int8", None, static)
+        static = compress.quantize_static_int8(
+            self.copy_of(dense), names, lambda m: logits_of(m, calib, self.cfg.eval_batch)
+        )
+        self.record("int8 PTQ", "int8 static", "int8", s, static, "int8")
 
-    def run_qat(self) -> None:
-        """Quantisation-aware training and SDQ (QAT + output KD + attention-output distillation)."""
-        names = encoder_linears(self.dense)
-        recipes = {"QAT": Recipe(), "SDQ": Recipe(kd=self.cfg.kd_weight, att=self.cfg.att_weight)}
-        for arm, recipe in recipes.items():
-            for s in self.seeds():
-                model = self.copy_dense()
-                compress.to_fake_quant(model, names)
-                self.retrain(model, s, recipe)
-                compress.from_fake_quant(model)
-                compress.quantize_dynamic_int8(model, names)
-                self.record("int8 QAT", arm, "int8", s, model, time_it=False)
+    def arm_unstructured(self, dense: SentimentModel, s: int) -> None:
+        """Global magnitude pruning along a cubic schedule over the first half of retraining;
+        stored as sparse CSR; then int8 on top (prune + int8)."""
+        steps = self.cfg.recover_steps
+        for sp in self.cfg.sparsities:
+            model = self.copy_of(dense)
+            pruner = pruning.MagnitudePruner(
+                model.bert, sp, 0, max(steps // 2, 1), every=max(steps // 10, 1)
+            )
+            pruner.step(0)
+            self.retrain(model, s, after_step=lambda t, p=pruner: p.step(t + 1))
+            pruner.apply()
+            assert abs(pruner.sparsity() - sp) < 1e-3, (pruner.sparsity(), sp)
+            level = f"{sp:.0%}"
+            self.record("unstructured", "magnitude", level, s, model, "sparse")
+            q = compress.quantize_dynamic_int8(clone(model), encoder_linears(model))
+            self.record("prune + int8", "prune + int8", level, s, q, "int8", time_it=False)
 
-    def run_low_rank(self) -> None:
-        """Truncated SVD of every encoder Linear at a fraction of full rank, then recovery."""
+    def arm_structured(self, dense: SentimentModel, s: int) -> None:
+        """FFN neurons physically removed (lowest ||w_in|| ||w_out||), then retraining."""
+        for frac in self.cfg.ffn_fractions:
+            model = self.copy_of(dense)
+            compress.prune_neurons(model, ffn_pairs(model), frac)
+            self.retrain(model, s)
+            self.record("structured", "FFN neurons", f"{frac:.0%}", s, model)
+
+    def arm_qat(self, dense: SentimentModel, s: int) -> None:
+        """Quantisation-aware training (fake int8 with a straight-through estimator), then
+        int8 dynamic."""
+        names = encoder_linears(dense)
+        model = self.copy_of(dense)
+        compress.to_fake_quant(model, names)
+        self.retrain(model, s)
+        compress.from_fake_quant(model)
+        compress.quantize_dynamic_int8(model, names)
+        self.record("int8 QAT", "QAT", "int8", s, model, "int8", time_it=False)
+
+    def arm_low_rank(self, dense: SentimentModel, s: int) -> None:
+        """Truncated SVD of every encoder Linear at a fraction of full rank, then retraining."""
         for ratio in self.cfg.rank_ratios:
-            for s in self.seeds():
-                model = self.copy_dense()
-                compress.low_rank_model(model, encoder_linears(model), ratio)
-                self.retrain(model, s)
-                self.record("low rank", "SVD", f"rank x{ratio:g}", s, model)
+            model = self.copy_of(dense)
+            compress.low_rank_model(model, encoder_linears(model), ratio)
+            self.retrain(model, s)
+            self.record("low rank", "SVD", f"rank x{ratio:g}", s, model)
 
-    def run_distil(self) -> None:
-        """Students made of evenly spread layers of the dense model, trained with output KD; then
-        int8."""
+    def arm_distil(self, dense: SentimentModel, s: int) -> None:
+        """Students made of evenly spread layers of the dense model, trained with output KD
+        from it (its logits on the training set, computed once); then int8."""
+        teacher = logits_of(dense, self.train_set, self.cfg.eval_batch)
         for k in self.cfg.student_layers:
-            for s in self.seeds():
-                model = self.copy_dense()
-                encoders.keep_layers(model.bert, spread(self.cfg.layers, k))
-                self.retrain(model, s, Recipe(kd=self.cfg.kd_weight))
-                self.record("distillation", "KD student", f"{k} layers", s, model)
-                q = compress.quantize_dynamic_int8(clone(model), encoder_linears(model))
-                self.record("distil + int8", "distil + int8", f"{k} layers", s, q)
+            model = self.copy_of(dense)
+            encoders.keep_layers(model.bert, spread(self.cfg.layers, k))
+            self.retrain(model, s, teacher_logits=teacher, kd=self.cfg.kd_weight)
+            self.record("distillation", "KD student", f"{k} layers", s, model)
+            q = compress.quantize_dynamic_int8(clone(model), encoder_linears(model))
+            self.record("distil + int8", "distil + int8", f"{k} layers", s, q, "int8")
 
-    def run_fusion(self) -> None:
-        """Layer fusion per weight type, applied gradually during the recovery budget."""
+    def arm_fusion(self, dense: SentimentModel, s: int) -> None:
+        """Layer fusion per weight type, applied gradually over the first half of retraining."""
+        steps = self.cfg.recover_steps
         for frac in self.cfg.fusion_fractions:
             n_remove = int(round(frac * self.cfg.layers))
             if n_remove < 1:
                 continue
-            for s in self.seeds():
-                model = self.copy_dense()
-                events = fusion_events(
-                    n_remove,
-                    self.cfg.recover_steps,
-                    n_remove,
-                    lambda k, m=model: fuse_transformer(m, k),
-                )
-                self.retrain(model, s, events=events)
-                self.record(
-                    "layer fusion",
-                    "layer fusion",
-                    f"{n_remove}/{self.cfg.layers} tied",
-                    s,
-                    model,
-                    time_it=(frac == max(self.cfg.fusion_fractions)),
-                )
+            model = self.copy_of(dense)
+            events = fusion_events(
+                n_remove, steps, n_remove, lambda k, m=model: fuse_transformer(m, k)
+            )
+            self.retrain(model, s, events=events)
+            self.record("layer fusion", "layer fusion", f"{n_remove}/{self.cfg.layers} tied",
+                        s, model, time_it=False)  # fmt: skip
+
+    ARMS = ("dense", "ptq", "unstructured", "structured", "qat", "low_rank", "distil", "fusion")
 
     def run_all(self, log: Callable[[str], None] = print) -> None:
-        """Every arm in turn, printing the wall time of each."""
+        """Every arm for every seed; prints the seconds spent per arm (all seeds together)."""
         import time
 
-        for name in (
-            "dense",
-            "small_dense",
-            "unstructured",
-            "structured",
-            "ptq",
-            "qat",
-            "low_rank",
-            "distil",
-            "fusion",
-        ):
+        for s in self.seeds():
             t0 = time.perf_counter()
-            getattr(self, f"run_{name}")()
-            log(f"{name}: {time.perf_counter() - t0:.1f} s")
+            dense = self.dense_model(s)
+            self.seconds["dense fine-tune"] = (
+                self.seconds.get("dense fine-tune", 0.0) + time.perf_counter() - t0
+            )
+            for name in self.ARMS:
+                t0 = time.perf_counter()
+                getattr(self, f"arm_{name}")(dense, s)
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        log(", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
 
-    def time_models(self) -> list[dict]:
-        """Latency and peak memory of one model per (arm, level), all measured in one burst."""
-        x1 = tuple(t[:1] for t in self.test_set.x)
-        x32 = tuple(t[:32] for t in self.test_set.x)
-        runs, warmup = self.cfg.latency_runs, self.cfg.latency_warmup
-        out = []
-        for (arm, level), m in self.timed.items():
-            keep = self.times.setdefault((arm, level), {})
-            out.append({"arm": arm, "level": level, **speed_row(m, x1, x32, runs, warmup, keep)})
+    # -- sizes and timing of one model per (arm, level)
+    def sizes(self) -> list[dict]:
+        """Files, non-zeros and FLOPs of the kept model of every (arm, level)."""
+        return [
+            {"arm": arm, "level": level, **size_row(m, form, self.example)}
+            for (arm, level), (_, form, m, _) in self.kept.items()
+        ]
+
+    def time_models(self) -> dict[str, dict[str, np.ndarray]]:
+        """Seconds per call at batch 1 and 32 (fixed length ``max_len``, 1 thread) of the kept
+        models that run different kernels, all timed in the same interleaved rounds
+        (:func:`lib.core.latency.time_interleaved`): {"b1"|"b32": {"arm|level": seconds}}."""
+        out = {}
+        for b in (1, 32):
+            x = tuple(t[:b] for t in self.test_set.x)
+            fns = {
+                f"{arm}|{level}": (lambda m=m, x=x: m(*x))
+                for (arm, level), (_, _, m, timed) in self.kept.items()
+                if timed
+            }
+            for _, _, m, _ in self.kept.values():
+                m.eval()
+            out[f"b{b}"] = latency.time_interleaved(
+                fns, rounds=self.cfg.latency_runs, warmup=self.cfg.latency_warmup, n_threads=1
+            )
         return out
+
+    def model_of(self, arm: str, level: str) -> nn.Module:
+        """The kept (first-seed) model of one (arm, level)."""
+        return self.kept[(arm, level)][2]
 
     # -- what the findings rest on
     def arm_correct(self, arm: str, level: str) -> np.ndarray:
-        """Per-item correctness of one (arm, level): seeds x test items, seeds in order (one row
-        for arms without a seed: the dense model and post-training quantisation)."""
-        keys = sorted((k for k in self.correct if k[:2] == (arm, level)), key=lambda k: k[2] or 0)
+        """Per-item correctness of one (arm, level): seeds x test items, seeds in order."""
+        keys = sorted(k for k in self.correct if k[:2] == (arm, level))
         if not keys:
             raise KeyError(f"no results for arm {arm!r} at level {level!r}")
         return np.stack([self.correct[k] for k in keys])
@@ -676,17 +797,17 @@ class Study:
         pos = float(self.test_set.y.float().mean())
         return max(pos, 1.0 - pos)
 
-    def collapsed(self, *arms: tuple[str, str]) -> bool:
-        """True when every seed of every given (arm, level) predicts a single class for the
-        whole test set (binary labels: the prediction is the label where correct, else the
-        other class)."""
-        y = self.test_set.y.numpy().astype(bool)
-        for arm, level in arms:
-            for hits in self.arm_correct(arm, level):
-                pred = np.where(hits, y, ~y)
-                if pred.any() and not pred.all():
-                    return False
-        return True
+    def collapsed(self, arm: str, level: str) -> bool:
+        """An arm whose mean accuracy is within ``collapse_margin`` of the majority-class
+        share: it has (nearly) collapsed to predicting one class."""
+        acc = float(self.arm_correct(arm, level).mean())
+        return acc - self.majority_share() < self.cfg.collapse_margin
+
+    def collapsed_seeds(self, arm: str, level: str) -> int:
+        """How many seeds of one (arm, level) are, on their own, within ``collapse_margin`` of
+        the majority-class share (an arm can collapse at one seed and not at the others)."""
+        acc = self.arm_correct(arm, level).mean(1)
+        return int((acc - self.majority_share() < self.cfg.collapse_margin).sum())
 
 
 # ---------------------------------------------------------------- the CNN layer-fusion curve
@@ -868,31 +989,127 @@ def speedup_estimate(base: np.ndarray, other: np.ndarray) -> Estimate:
 
 # ---------------------------------------------------------------- tables for the chapter
 
+TOLERANCES_PTS = (1.0, 2.0)  # "within 1 / 2 accuracy points of dense": the equal-accuracy table
 
-def summarise(rows: list[dict], speed: list[dict]) -> "pd.DataFrame":
-    """One line per (arm, level): accuracy mean/std/n over seeds, size, FLOPs, latency, and the
-    ratios to the dense model (size_x = dense bytes / bytes, speed_x = dense latency / latency)."""
+
+def summarise(study: Study, sizes: list[dict], times: dict | None) -> "pd.DataFrame":
+    """One line per (arm, level): accuracy mean/std/n over seeds, whether it collapsed (its
+    mean) and at how many seeds, the
+    file (form, whole-model bytes, bytes without embeddings, fp16 bytes), non-zeros, FLOPs,
+    median latency and interquartile range at batch 1 and 32, and the ratios to the dense
+    fp32 model (size_x = dense bytes / bytes, speed32_x = dense latency / latency)."""
     import pandas as pd
 
-    df = pd.DataFrame(rows)
-    g = df.groupby(["family", "arm", "level"], sort=False)
-    out = g.agg(
-        acc=("acc", "mean"),
-        acc_std=("acc", "std"),
-        n_seeds=("acc", "size"),
-        bytes=("bytes", "first"),
-        nonzero=("nonzero", "first"),
-        flops=("flops", "first"),
-    ).reset_index()
+    df = pd.DataFrame(study.rows)
+    out = (
+        df.groupby(["family", "arm", "level"], sort=False)
+        .agg(acc=("acc", "mean"), acc_std=("acc", "std"), n_seeds=("acc", "size"))
+        .reset_index()
+    )
     out["acc_std"] = out["acc_std"].fillna(0.0)
-    out = out.merge(pd.DataFrame(speed), on=["arm", "level"], how="left")
+    out["collapsed"] = [study.collapsed(a, lv) for a, lv in zip(out.arm, out.level)]
+    out["seeds_collapsed"] = [study.collapsed_seeds(a, lv) for a, lv in zip(out.arm, out.level)]
+    out = out.merge(pd.DataFrame(sizes), on=["arm", "level"], how="left")
+    for b in ("b1", "b32") if times else ():
+        summ = latency.interleaved_summary(times[b])
+        lat = pd.DataFrame(
+            [
+                {"arm": k.split("|")[0], "level": k.split("|")[1], **{
+                    f"lat{b[1:]}_{q}": v[f"{q}_ms"] for q in ("median", "q25", "q75")
+                }}
+                for k, v in summ.items()
+            ]
+        )  # fmt: skip
+        out = out.merge(lat, on=["arm", "level"], how="left")
     dense = out[out["arm"] == "dense"].iloc[0]
     out["size_x"] = dense["bytes"] / out["bytes"]
+    out["size_noemb_x"] = dense["bytes_noemb"] / out["bytes_noemb"]
     out["flops_x"] = dense["flops"] / out["flops"]
-    out["speed1_x"] = dense["lat1_ms"] / out["lat1_ms"]
-    out["speed32_x"] = dense["lat32_ms"] / out["lat32_ms"]
-    out["acc_drop_pts"] = 100 * (dense["acc"] - out["acc"])
+    for b in ("1", "32") if times else ():
+        out[f"speed{b}_x"] = dense[f"lat{b}_median"] / out[f"lat{b}_median"]
     return out
+
+
+def reference_of(arm: str) -> tuple[str, str | None]:
+    """What an arm is compared with: the dense model retrained with the same budget for arms
+    that retrain, the dense model itself for post-training quantisation."""
+    if arm in ("int8 dynamic", "int8 static", SAME_BUDGET):
+        return "dense", "fine-tuned"
+    return SAME_BUDGET, None  # its one level is looked up in the table
+
+
+def within(ci: tuple[float, float], tol: float) -> str:
+    """Whether a paired difference (points, arm minus reference) stays within ``tol`` points:
+    "yes" when the whole interval is above -tol, "no" when it is all below, else
+    "inconclusive" (the interval straddles -tol)."""
+    lo, hi = ci
+    return "yes" if lo >= -tol else ("no" if hi < -tol else "inconclusive")
+
+
+def paired_table(study: Study, table: "pd.DataFrame") -> "pd.DataFrame":
+    """Every arm against its reference (:func:`reference_of`) on the same seeds and test
+    items: the accuracy difference in points with a paired bootstrap interval (seeds, then
+    items), whether it stays within 1 and within 2 points, and its file-size and batch-32
+    speed ratios to the dense model: the equal-accuracy table."""
+    import pandas as pd
+
+    same = table[table.arm == SAME_BUDGET].iloc[0]
+    rows = []
+    for r in table.itertuples():
+        if r.arm == "dense":
+            continue
+        ref_arm, ref_level = reference_of(r.arm)
+        ref_level = ref_level or same.level
+        est = pts(
+            stats.bootstrap_items(
+                study.arm_correct(r.arm, r.level), study.arm_correct(ref_arm, ref_level)
+            )
+        )
+        row = {
+            "arm": r.arm,
+            "level": r.level,
+            "vs": ref_arm,
+            "diff_pts": est.value,
+            "ci_low": est.ci[0],
+            "ci_high": est.ci[1],
+            "collapsed": r.collapsed,
+            "size_x": r.size_x,
+            "size_noemb_x": r.size_noemb_x,
+            "speed32_x": getattr(r, "speed32_x", np.nan),
+        }
+        for tol in TOLERANCES_PTS:
+            row[f"within_{tol:g}pt"] = "collapsed" if r.collapsed else within(est.ci, tol)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def bootstrap_arms(
+    hits: list[np.ndarray], statistic: Callable[..., float], n_boot: int = 2000, seed: int = 0
+) -> Estimate:
+    """A statistic of several arms' mean accuracies (``hits``: one seeds x items array per
+    arm, the same seeds and items for all), with a two-level paired bootstrap: seeds
+    resampled, then items, the same draws for every arm."""
+    stacked = np.stack([np.asarray(h, float) for h in hits])  # arms x seeds x items
+    n_arms, n_seeds, n_items = stacked.shape
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    for b in range(n_boot):
+        si = rng.integers(0, n_seeds, n_seeds)
+        counts = np.bincount(rng.integers(0, n_items, n_items), minlength=n_items)
+        acc = (stacked[:, si] @ counts).mean(1) / n_items
+        boot[b] = statistic(*acc)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return Estimate(
+        float(statistic(*stacked.mean((1, 2)))),
+        (float(lo), float(hi)),
+        n_seeds,
+        f"paired bootstrap over {n_seeds} seeds x {n_items} items",
+    )
+
+
+def retained_pct(student: np.ndarray, dense: np.ndarray) -> Estimate:
+    """Student accuracy as a percentage of the dense accuracy, paired by seed and item."""
+    return bootstrap_arms([student, dense], lambda s, d: 100 * s / d)
 
 
 def pareto_mask(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
@@ -904,7 +1121,39 @@ def pareto_mask(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
 
 
 def best_at(table: "pd.DataFrame", column: str, at_least: float) -> "pd.Series | None":
-    """The most accurate arm whose ``column`` ratio is at least ``at_least`` (None if there is
-    none)."""
-    ok = table[table[column] >= at_least]
+    """The most accurate arm that has not collapsed and whose ``column`` ratio is at least
+    ``at_least`` (None if there is none)."""
+    ok = table[(table[column] >= at_least) & ~table["collapsed"]]
     return None if ok.empty else ok.sort_values("acc", ascending=False).iloc[0]
+
+
+MINILM_FINDINGS = {
+    "int8_dynamic_acc_drop_pts": "MiniLM-L6 on Rotten Tomatoes, int8 dynamic PTQ",
+    "int8_static_acc_drop_pts": "MiniLM-L6 on Rotten Tomatoes, int8 static PTQ",
+    "int8_dynamic_speedup_b32": "MiniLM-L6, batch 32, 1 CPU thread",
+    "distil_half_depth_retained_pct": "3-layer KD student of MiniLM-L6, one epoch, task KD only",
+    "distil_half_depth_speedup_b32": "3-layer student vs MiniLM-L6, batch 32, 1 CPU thread",
+}
+
+
+def paper_vs_here_rows(findings: list[dict]) -> list[dict]:
+    """The MiniLM findings as rows of the chapter's paper-vs-here table (``findings``: the
+    recorded findings, ``ch.records.findings``; other findings are left out), in that table's
+    columns: claim, paper, source, here (value, interval, seeds and the setting here) and the
+    computed verdict (with its reason when inconclusive)."""
+    rows = []
+    for r in findings:
+        if r["name"] not in MINILM_FINDINGS:
+            continue
+        ci = "" if r["ci"] is None else f" [{r['ci'][0]:.3g}, {r['ci'][1]:.3g}]"
+        why = f" ({r['why']})" if r["verdict"] == "inconclusive" else ""
+        rows.append(
+            {
+                "claim": r["name"],
+                "paper": r["paper_value"],
+                "source": r["paper_source"],
+                "here": f"{r['value']:.3g}{ci}, {r['n_seeds']} seeds; {MINILM_FINDINGS[r['name']]}",
+                "verdict": r["verdict"] + why,
+            }
+        )
+    return rows
