@@ -138,7 +138,7 @@ def pack_model(model: nn.Module, names: list[str], bits: int | None) -> dict[str
             stored = q if bits == 8 else pack_nibbles(q) if bits == 4 else q
             out[key] = {"codes": stored, "scale": s, "shape": torch.tensor(p.shape), "bits": bits}
         else:
-            out[key] = p.detach().clone()
+            out[key] = p.detach()
     return out
 
 
@@ -172,8 +172,10 @@ def tensor_bytes(packed: dict[str, object], prefix: str = "") -> dict[str, int]:
 
 
 def file_bytes(packed: dict[str, object]) -> int:
-    """Size on disk of ``torch.save(packed)``."""
-    with tempfile.TemporaryDirectory() as tmp:
+    """Size of the file ``torch.save(packed)`` writes (in a memory-backed folder when there
+    is one: the size of a file does not depend on where it lies)."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    with tempfile.TemporaryDirectory(dir=shm) as tmp:
         path = os.path.join(tmp, "model.pt")
         torch.save(packed, path)
         return os.path.getsize(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -217,6 +217,7 @@ class Setup:
     device: object = "cpu"
     eval_batch: int = 128
     use_cache: bool = True
+    dense: dict = field(default_factory=dict)  # seed -> (state, log), once trained or loaded
 
 
 def restore(s: Setup, state: dict) -> None:
@@ -235,14 +236,19 @@ def score(s: Setup) -> dict[str, np.ndarray]:
 
 
 def dense_model(s: Setup, seed: int) -> tuple[dict, dict]:
-    """The seed's dense English fine-tune (fresh head from ``seed``), cached and shared."""
-    reset_tagger(s.tagger, s.pretrained, seed)
-    restore(s, s.pretrained)
-    cfg = replace(s.dense_cfg, seed=seed)
-    return cached_dense_finetune(
-        s.tagger, s.d.train, cfg, s.pad, s.key, space="pos_transfer", device=s.device,
-        use_cache=s.use_cache,
-    )  # fmt: skip
+    """The seed's dense English fine-tune (fresh head from ``seed``), cached on disk and
+    shared (:func:`lib.core.pos_transfer.cached_dense_finetune`; ``s.key`` names the encoder
+    and data), and kept in ``s.dense`` for the rest of the run. The tagger ends holding it."""
+    if seed not in s.dense:
+        reset_tagger(s.tagger, s.pretrained, seed)
+        restore(s, s.pretrained)
+        cfg = replace(s.dense_cfg, seed=seed)
+        s.dense[seed] = cached_dense_finetune(
+            s.tagger, s.d.train, cfg, s.pad, s.key, space="pos_transfer", device=s.device,
+            use_cache=s.use_cache,
+        )  # fmt: skip
+    restore(s, s.dense[seed][0])
+    return s.dense[seed]
 
 
 def error_batches(s: Setup, n_err: int):
@@ -267,6 +273,7 @@ def run_arm(s: Setup, seed: int, dense_state: dict, recipe: Recipe | None, teach
         "retrain": asdict(cfg) if (recipe is None or recipe.kind != "PTQ") else None,
         "recipe": asdict(recipe) if recipe is not None else None,
         "n_err": n_err if (recipe is not None and recipe.kind == "PTQ") else None,
+        "test": {lang: len(ex) for lang, ex in s.d.test.items()},  # evenly spread subsets
         "version": CACHE_VERSION,
         **s.key,
     }
@@ -297,9 +304,13 @@ def run_arm(s: Setup, seed: int, dense_state: dict, recipe: Recipe | None, teach
     return {**saved, "cached": loaded}
 
 
-def frozen_copy(tagger: Tagger) -> Tagger:
-    """A frozen copy (the teacher and the reference of the error measurement)."""
-    t = copy.deepcopy(tagger).eval()
+def frozen_copy(tagger: Tagger, share_embedding: bool = False) -> Tagger:
+    """A frozen copy (the teacher and the reference of the error measurement); with
+    ``share_embedding`` it holds the same word-embedding tensor (no 250k-row copy), for
+    copies that never change it."""
+    emb = tagger.encoder.embeddings.word_embeddings.weight
+    memo = {id(emb): emb} if share_embedding else {}
+    t = copy.deepcopy(tagger, memo).eval()
     for p in t.parameters():
         p.requires_grad_(False)
     return t
@@ -309,7 +320,8 @@ def run_seed(s: Setup, seed: int, recipes: list[Recipe], n_err: int) -> dict:
     """Every arm at one seed: {label: run result} (DENSE and MORE included)."""
     dense_state, dlog = dense_model(s, seed)
     teacher = frozen_copy(s.tagger)
-    out = {DENSE: {"test": score(s), "loss": dlog["loss"], "cached": dlog["cached"]}}
+    out = {DENSE: {"test": score(s), "loss": dlog["loss"], "cached": dlog["cached"],
+                   "seconds": dlog["seconds"]}}  # fmt: skip
     out[MORE] = run_arm(s, seed, dense_state, None, teacher, n_err)
     for r in recipes:
         out[r.label] = run_arm(s, seed, dense_state, r, teacher, n_err)
@@ -539,7 +551,7 @@ def probes(s: Setup, seed: int) -> dict[str, float]:
     :class:`AttentionTap` against ``transformers``' eager attention, and the distillation
     terms against an exact copy."""
     dense_state, _ = dense_model(s, seed)
-    model = frozen_copy(s.tagger)
+    model = frozen_copy(s.tagger, share_embedding=True)
     out: dict[str, float] = {}
     w = model.encoder.encoder.layer[0].intermediate.dense.weight.detach().clone()
     w.requires_grad_(True)
@@ -560,11 +572,11 @@ def probes(s: Setup, seed: int) -> dict[str, float]:
         quant.to_quant(model, names, 4)
         fake, _ = model(ids, mask)
         quant.from_quant(model)
-        rounded_model = frozen_copy(model)
+        rounded_model = frozen_copy(model, share_embedding=True)
         quant.round_weights(rounded_model, names, 4)
         rounded, _ = rounded_model(ids, mask)
     out["quant_forward_equals_rounded"] = float((fake - rounded).abs().max())
-    eager = frozen_copy(model)
+    eager = frozen_copy(model, share_embedding=True)
     eager.encoder.set_attn_implementation("eager")
     tap = AttentionTap(eager)
     with torch.no_grad():
@@ -574,7 +586,7 @@ def probes(s: Setup, seed: int) -> dict[str, float]:
     out["attention_probs_match_eager"] = max(
         float((a - lp.exp()).abs().max()) for a, lp in zip(ref, mine)
     )
-    twin = frozen_copy(model)
+    twin = frozen_copy(model, share_embedding=True)
     taps = AttentionTap(model), AttentionTap(twin)
     with torch.no_grad():
         la, _ = model(ids, mask)
