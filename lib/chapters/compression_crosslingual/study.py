@@ -21,12 +21,6 @@ import torch.nn.functional as F
 
 from lib.book import stats
 from lib.chapters.compression_crosslingual import quant
-from lib.chapters.graddrop.study import (  # the paired bootstrap over seeds and sentences
-    Scores,
-    gains,
-    interval,
-    mean_zs_gain,
-)
 from lib.core import cache
 from lib.core.pos_transfer import (
     IGNORE,
@@ -41,6 +35,7 @@ from lib.core.pos_transfer import (
     reset_tagger,
 )
 from lib.core.train import fit
+from lib.core.transfer_scores import Scores, en_gain, interval, words, zs_gain
 
 CACHE_VERSION = 1  # bump when the code changes what a cached run would contain
 WEIGHT_DECAY = 0.01
@@ -342,30 +337,12 @@ def run_all(s: Setup, seeds: list[int], recipes: list[Recipe], n_err: int) -> di
     return runs
 
 
-def words(examples: list) -> np.ndarray:
-    """Tagged words per sentence."""
-    return np.array([sum(y != IGNORE for y in ys) for _, ys in examples])
-
-
 # ----------------------------------------------------------------------- statistics
 
 
 def scores(runs: dict, d: TransferData) -> Scores:
     """Per-sentence scores of every arm and seed (the shared paired-bootstrap container)."""
     return Scores.from_runs({(a, s): r for (a, s), r in runs.items()}, d)
-
-
-def en_gain(sc: Scores, point, boot, arm: str, ref: str) -> stats.Estimate:
-    """English accuracy points of ``arm`` minus ``ref``, paired interval."""
-    what = f"paired bootstrap over {len(sc.seeds)} seeds x English test sentences"
-    return interval(
-        gains(point, sc, arm, ref)[0, 0], gains(boot, sc, arm, ref)[:, 0], len(sc.seeds), what
-    )
-
-
-def zs_gain(sc: Scores, point, boot, arm: str, ref: str) -> stats.Estimate:
-    """Mean zero-shot accuracy points of ``arm`` minus ``ref``, paired interval."""
-    return mean_zs_gain(sc, point, boot, arm, ref)
 
 
 def accuracy_table(sc: Scores, point, boot) -> pd.DataFrame:
