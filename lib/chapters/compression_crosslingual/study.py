@@ -438,15 +438,16 @@ def peak_sublayer(rel: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------- drops
 
 
-def drop_table(sc: Scores, point, boot) -> pd.DataFrame:
-    """Points lost per quantised arm (English and mean zero-shot) with paired 95 % intervals:
-    PTQ against the dense model it rounds, QAT and SDQ against the dense model given the same
-    retraining steps."""
+def drop_table(sc: Scores, point, boot, against: str | None = None) -> pd.DataFrame:
+    """Points lost per arm (English and mean zero-shot) with paired 95 % intervals. By default
+    the quantised arms only: PTQ against the dense model it rounds, QAT and SDQ against the
+    dense model given the same retraining steps; with ``against``, every other arm against
+    that one."""
     rows = []
     for a in sc.arms:
-        if a in (DENSE, MORE):
+        if (against is None and a in (DENSE, MORE)) or a == against:
             continue
-        ref = DENSE if a.startswith("PTQ") else MORE
+        ref = against or (DENSE if a.startswith("PTQ") else MORE)
         en, zs = en_gain(sc, point, boot, ref, a), zs_gain(sc, point, boot, ref, a)
         rows.append(
             {"arm": a, "against": ref, "en": en.value, "en_lo": en.ci[0], "en_hi": en.ci[1],
@@ -455,13 +456,15 @@ def drop_table(sc: Scores, point, boot) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("arm")
 
 
-def drop_text(drops: pd.DataFrame) -> str:
-    """'PTQ 8-bit 0.1 [...] / 0.2 [...]; ...' for the discussion."""
-    return "; ".join(
-        f"{a} {r.en:+.2f} [{r.en_lo:+.2f}, {r.en_hi:+.2f}] / {r.zs:+.2f} [{r.zs_lo:+.2f}, "
-        f"{r.zs_hi:+.2f}]"
-        for a, r in drops.iterrows()
-    )
+def drop_text(drops: pd.DataFrame, column: str | None = None) -> str:
+    """'PTQ 8-bit +0.1 [...] / +0.2 [...]; ...' (English / zero-shot) for the discussion, or
+    only ``column`` ('en' or 'zs')."""
+
+    def one(r, c):
+        return f"{r[c]:+.2f} [{r[c + '_lo']:+.2f}, {r[c + '_hi']:+.2f}]"
+
+    cols = [column] if column else ["en", "zs"]
+    return "; ".join(f"{a} " + " / ".join(one(r, c) for c in cols) for a, r in drops.iterrows())
 
 
 # ----------------------------------------------------------------------- sizes and probes
