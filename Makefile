@@ -31,7 +31,7 @@ data: $(STAMP)
 test: $(STAMP) debian
 	$(PY) -m pytest -q -p no:cacheprovider tests
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadscope --nbval-lax --nbval-current-env \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg $(SMOKE_DIR)/executed/*.ipynb
+		--nbval-sanitize-with tests/nbval_sanitize.cfg $(SMOKE_DIR)/executed/smoke/*.ipynb
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	test -x $(PY) || python3 -m venv $(VENV)

@@ -39,7 +39,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     from lib.book import site
 
-    return site.build()
+    return site.build(args.profile)
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(func=_cmd_run)
 
     build = sub.add_parser("build", help="render the executed chapters as HTML (Jupyter Book v1)")
+    build.add_argument(
+        "--profile",
+        default="book",
+        help="render the runs of this profile (default book; the tests render smoke)",
+    )
     build.set_defaults(func=_cmd_build)
 
     lst = sub.add_parser("list", help="list chapters, their parameters and profiles")

@@ -42,7 +42,7 @@ def smoke_run() -> dict:
         print(proc.stdout[-5000:], proc.stderr[-20000:])
     records = {}
     for name in names:
-        f = SMOKE_DIR / "executed" / f"{name}.json"
+        f = SMOKE_DIR / "executed" / "smoke" / f"{name}.json"
         records[name] = json.loads(f.read_text()) if f.exists() else None
     return {
         "names": names,
@@ -56,7 +56,7 @@ def smoke_run() -> dict:
 def smoke_site(smoke_run) -> Path:
     """The site rendered (with -W) from the smoke outputs."""
     proc = subprocess.run(
-        [sys.executable, "-m", "lib", "build"],
+        [sys.executable, "-m", "lib", "build", "--profile", "smoke"],
         cwd=ROOT,
         env=smoke_env(),
         capture_output=True,

@@ -16,9 +16,12 @@ def build_dir() -> Path:
     return Path(os.environ.get("REPRO_BUILD_DIR") or ROOT / "_build").resolve()
 
 
-def executed_dir() -> Path:
-    """Executed notebooks and their run records."""
-    return build_dir() / "executed"
+def executed_dir(profile: str = "book") -> Path:
+    """Executed notebooks and their run records: the book profile's (the site's pages) in
+    ``executed``, any other profile's in ``executed/<profile>``, so a smoke run never
+    replaces a book page."""
+    base = build_dir() / "executed"
+    return base if profile == "book" else base / profile
 
 
 def cache_dir() -> Path:

@@ -1,7 +1,8 @@
 """The one runner: execute chapters with papermill, cache by content, record each run.
 
-``run_chapters`` executes each chapter into ``<build>/executed/NAME.ipynb`` and writes the
-run record ``NAME.json`` beside it (parameters, revision, versions, wall time, claims).
+``run_chapters`` executes each chapter into ``<build>/executed/NAME.ipynb`` (other profiles
+than ``book`` into ``<build>/executed/<profile>/``) and writes the run record ``NAME.json``
+beside it (parameters, revision, versions, wall time, claims).
 A chapter is re-executed only when its cache key (notebook, spec, parameters, ``lib/``
 source, data files, installed packages) changes. Outputs are written to a temporary
 file and renamed, so an interrupted or failed run never leaves a notebook that looks
@@ -193,7 +194,7 @@ def execute(
     import papermill
     from traitlets.config import Config
 
-    out_dir = executed_dir()
+    out_dir = executed_dir(params["profile"])
     out_nb = out_dir / f"{chapter.name}.ipynb"
     out_json = out_dir / f"{chapter.name}.json"
     key = cache_key(chapter, params)
@@ -304,7 +305,8 @@ def run_chapters(
     def last_wall(name: str) -> float:
         """Wall time of the chapter's last recorded run; one never run counts as the longest."""
         try:
-            return float(json.loads((executed_dir() / f"{name}.json").read_text())["wall_s"])
+            record = executed_dir(profile) / f"{name}.json"
+            return float(json.loads(record.read_text())["wall_s"])
         except (OSError, ValueError, KeyError, TypeError):
             return float("inf")
 

@@ -43,13 +43,13 @@ def toc_chapters(toc_file: Path = ROOT / "_toc.yml") -> list[str]:
     return files
 
 
-def load_records() -> dict[str, dict[str, Any]]:
+def load_records(profile: str = "book") -> dict[str, dict[str, Any]]:
     """Successful run records of the chapters in the table of contents, by chapter name."""
     records, missing = {}, []
     for entry in toc_chapters():
         name = profiles.chapter_name(Path(entry).name)
-        rec_file = executed_dir() / f"{name}.json"
-        nb_file = executed_dir() / f"{name}.ipynb"
+        rec_file = executed_dir(profile) / f"{name}.json"
+        nb_file = executed_dir(profile) / f"{name}.ipynb"
         if not (rec_file.exists() and nb_file.exists()):
             missing.append(name)
             continue
@@ -60,8 +60,8 @@ def load_records() -> dict[str, dict[str, Any]]:
         records[name] = record
     if missing:
         raise SystemExit(
-            f"no successful run for: {', '.join(missing)} (in {executed_dir()}); "
-            f"run `python -m lib run {' '.join(missing)}` first"
+            f"no successful run for: {', '.join(missing)} (in {executed_dir(profile)}); "
+            f"run `python -m lib run {' '.join(missing)} --profile {profile}` first"
         )
     return records
 
@@ -99,8 +99,14 @@ def papers_table(
                 head = rec.get("headline") or {}
                 link = f"[{rec.get('title', name)}]({Path(toc[name]).relative_to('book')}.ipynb)"
                 status = head.get("verdict", "not stated")
-                here = (f"{short(head.get('text', ''))}: {fmt(head.get('value'))} "
-                        f"{fmt_ci(head.get('ci'))}") if head else "-"
+                here = (
+                    (
+                        f"{short(head.get('text', ''))}: {fmt(head.get('value'))} "
+                        f"{fmt_ci(head.get('ci'))}"
+                    )
+                    if head
+                    else "-"
+                )
                 paper = fmt(head.get("paper_value")) if head else "-"
                 row = [cite, link, status, here, paper, verdict_counts(rec)]
             else:
@@ -157,7 +163,7 @@ def status_page(records: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def stage(records: dict[str, dict[str, Any]]) -> Path:
+def stage(records: dict[str, dict[str, Any]], profile: str = "book") -> Path:
     """Copy config, toc, pages and executed notebooks into a fresh render tree."""
     render = build_dir() / "render"
     if render.exists():
@@ -172,7 +178,7 @@ def stage(records: dict[str, dict[str, Any]]) -> Path:
     (render / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False))
     for entry in toc_chapters():
         name = profiles.chapter_name(Path(entry).name)
-        shutil.copy2(executed_dir() / f"{name}.ipynb", render / f"{entry}.ipynb")
+        shutil.copy2(executed_dir(profile) / f"{name}.ipynb", render / f"{entry}.ipynb")
     gen = render / "book" / GENERATED
     gen.mkdir(exist_ok=True)
     (gen / "papers.md").write_text(papers_table(records))
@@ -183,10 +189,11 @@ def stage(records: dict[str, dict[str, Any]]) -> Path:
     return render
 
 
-def build() -> int:
-    """Stage and render the book to ``<build>/html``; return the exit code."""
-    records = load_records()
-    render = stage(records)
+def build(profile: str = "book") -> int:
+    """Stage and render the runs of ``profile`` (the book's by default) to ``<build>/html``;
+    return the exit code."""
+    records = load_records(profile)
+    render = stage(records, profile)
     site = build_dir() / "site"
     if site.exists():  # a fresh build: a stale pickled environment can hide or invent warnings
         shutil.rmtree(site)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.book import profiles, repro
-from lib.book.paths import CHAPTERS_DIR, ROOT, build_dir
+from lib.book.paths import CHAPTERS_DIR, ROOT, build_dir, executed_dir
 from lib.core import data
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
@@ -113,7 +113,7 @@ def run_plan(notebook: str, params: dict[str, Any], client_key: str) -> dict[str
                 result["notebook"] = failed.read_text(encoding="utf-8")
         else:
             result["record"] = outcome.record
-            executed = tmp / "executed" / f"{chapter.name}.ipynb"
+            executed = executed_dir(params["profile"]) / f"{chapter.name}.ipynb"
             result["notebook"] = executed.read_text(encoding="utf-8")
             if outcome.record.get("cache_key") != client_key:  # kept, but not reused later
                 result["note"] = (

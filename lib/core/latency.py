@@ -2,7 +2,8 @@
 
 Latency: a fixed number of intra-op threads for the whole measurement, warm-up calls that
 are not recorded, then at least 100 timed calls (``time.perf_counter``), reported as
-median and 90th percentile. Peak memory: the largest number of bytes held at once by
+median and 90th percentile; several models are compared with :func:`time_interleaved`, one
+call of each per round in a shuffled order. Peak memory: the largest number of bytes held at once by
 tensors (model weights plus live activations), tracked at the PyTorch dispatcher during
 one call, so it does not depend on what else the process or the machine is doing.
 """
@@ -63,6 +64,51 @@ def measure(
 ) -> dict[str, float]:
     """:func:`time_calls` summarised (median, p90 in ms)."""
     return summary(time_calls(fn, runs, warmup, n_threads))
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    rounds: int = 100,
+    warmup: int = 10,
+    n_threads: int = 1,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Seconds per call of every function, timed once per round over ``rounds`` rounds in a
+    freshly shuffled order each round, after ``warmup`` untimed rounds.
+
+    Interleaving spreads slow phases of the machine (other processes, frequency changes) over
+    every model alike, where timing each model in one burst would charge them to whichever
+    model happened to run then."""
+    if rounds < 1 or warmup < 0:
+        raise ValueError("rounds must be >= 1 and warmup >= 0")
+    if not fns:
+        raise ValueError("nothing to time")
+    names = list(fns)
+    out = {name: np.empty(rounds) for name in names}
+    order = np.random.default_rng(seed)
+    with threads(n_threads), torch.inference_mode():
+        for _ in range(warmup):
+            for name in names:
+                fns[name]()
+        for r in range(rounds):
+            for i in order.permutation(len(names)):
+                t0 = time.perf_counter()
+                fns[names[i]]()
+                out[names[i]][r] = time.perf_counter() - t0
+    return out
+
+
+def interleaved_summary(times: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Median and interquartile range (25th, 75th percentile) in milliseconds per model."""
+    return {
+        name: {
+            "median_ms": float(np.median(t) * 1e3),
+            "q25_ms": float(np.percentile(t, 25) * 1e3),
+            "q75_ms": float(np.percentile(t, 75) * 1e3),
+            "runs": int(len(t)),
+        }
+        for name, t in times.items()
+    }
 
 
 def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:

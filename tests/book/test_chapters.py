@@ -19,7 +19,7 @@ def test_runner_succeeded(smoke_run):
 def test_every_cell_ran_without_errors(smoke_run, name):
     record = smoke_run["records"][name]
     assert record is not None and record["status"] == "ok", smoke_run["output"][-20000:]
-    nb = nbformat.read(SMOKE_DIR / "executed" / f"{name}.ipynb", as_version=4)
+    nb = nbformat.read(SMOKE_DIR / "executed" / "smoke" / f"{name}.ipynb", as_version=4)
     assert nb.metadata.papermill.exception is None
     for cell in nb.cells:
         if cell.cell_type == "code":

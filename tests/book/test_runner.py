@@ -107,7 +107,7 @@ def test_success_writes_notebook_and_record_then_reuses_the_cache(tmp_path, buil
     params = profiles.resolve(chapter, "smoke", {"seed": "2"})
     first = runner.execute(chapter, params, progress=False)
     assert first.status == "ok", first.error
-    record = json.loads((build / "executed" / "toy.json").read_text())
+    record = json.loads((build / "executed" / "smoke" / "toy.json").read_text())
     assert record["parameters"]["seed"] == 2 and record["profile"] == "smoke"
     assert record["claims"] == [
         {
@@ -122,7 +122,7 @@ def test_success_writes_notebook_and_record_then_reuses_the_cache(tmp_path, buil
     ]
     for key in ("git_revision", "versions", "wall_s", "cache_key", "started_at"):
         assert key in record
-    nb = nbformat.read(build / "executed" / "toy.ipynb", as_version=4)
+    nb = nbformat.read(build / "executed" / "smoke" / "toy.ipynb", as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "remove-cell" in injected[0].metadata["tags"]
     own_params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -135,6 +135,19 @@ def test_success_writes_notebook_and_record_then_reuses_the_cache(tmp_path, buil
     assert forced.status == "ok"
 
 
+def test_a_smoke_run_leaves_the_book_page_alone(tmp_path, build):
+    """The site's pages are the book profile's; a later smoke run writes beside them."""
+    chapter = make_chapter(tmp_path / "ch")
+    book = runner.execute(chapter, profiles.resolve(chapter, "book"), progress=False)
+    assert book.status == "ok", book.error
+    page = (build / "executed" / "toy.ipynb").read_text()
+    smoke = runner.execute(chapter, profiles.resolve(chapter, "smoke"), progress=False)
+    assert smoke.status == "ok", smoke.error
+    assert (build / "executed" / "toy.ipynb").read_text() == page
+    assert json.loads((build / "executed" / "toy.json").read_text())["profile"] == "book"
+    assert json.loads((build / "executed" / "smoke" / "toy.json").read_text())["profile"] == "smoke"
+
+
 def test_failed_cell_is_reported_and_nothing_looks_complete(tmp_path, build, capsys):
     chapter = make_chapter(tmp_path / "ch")
     ok = runner.execute(chapter, profiles.resolve(chapter, "smoke"), progress=False)
@@ -145,8 +158,9 @@ def test_failed_cell_is_reported_and_nothing_looks_complete(tmp_path, build, cap
     assert bad.status == "failed"
     assert "toy" in bad.error and "cell 3 of 4" in bad.error
     assert "ValueError: boom in the toy chapter" in bad.error and "raise ValueError" in bad.error
-    assert not (build / "executed" / "toy.ipynb").exists()  # the earlier success is gone too
-    assert not (build / "executed" / "toy.json").exists()
+    smoke_page = build / "executed" / "smoke" / "toy.ipynb"
+    assert not smoke_page.exists()  # the earlier success is gone too
+    assert not (build / "executed" / "smoke" / "toy.json").exists()
     assert (build / "failed" / "toy.ipynb").exists()
     assert runner.report([bad]) == 1
     out = capsys.readouterr()
@@ -165,8 +179,8 @@ def test_interrupted_run_leaves_no_notebook(tmp_path, build, monkeypatch):
     monkeypatch.setattr(papermill, "execute_notebook", interrupted)
     with pytest.raises(KeyboardInterrupt):
         runner.execute(chapter, profiles.resolve(chapter, "smoke"), progress=False)
-    assert not (build / "executed" / "toy.ipynb").exists()
-    assert not (build / "executed" / "toy.json").exists()
+    assert not (build / "executed" / "smoke" / "toy.ipynb").exists()
+    assert not (build / "executed" / "smoke" / "toy.json").exists()
 
 
 def test_write_atomic_replaces_whole_files(tmp_path):

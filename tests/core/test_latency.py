@@ -4,6 +4,7 @@ and statistics are right; peak memory counts live tensors."""
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from lib.core import latency
@@ -68,3 +69,34 @@ def test_speedup_is_the_ratio_of_medians_with_an_interval_around_it():
     assert lo < ratio < hi and 1.9 < lo and hi < 2.1
     same, (lo2, hi2) = latency.speedup(base, base)
     assert same == 1.0 and lo2 <= 1.0 <= hi2
+
+
+def test_time_interleaved_separates_models_and_shuffles_order():
+    """A slow and a fast function keep their speeds, every round times each once, and the
+    order within rounds changes (so a slow phase is shared by both)."""
+    calls: list[str] = []
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.002)
+
+    def fast():
+        calls.append("fast")
+
+    times = latency.time_interleaved({"slow": slow, "fast": fast}, rounds=30, warmup=2)
+    assert set(times) == {"slow", "fast"} and all(len(t) == 30 for t in times.values())
+    assert np.median(times["slow"]) > 0.0015 > np.median(times["fast"])
+    timed = calls[4:]  # after two warm-up rounds of two calls
+    firsts = {timed[2 * r] for r in range(30)}
+    assert firsts == {"slow", "fast"}
+    assert all(sorted(timed[2 * r : 2 * r + 2]) == ["fast", "slow"] for r in range(30))
+    s = latency.interleaved_summary(times)
+    assert s["slow"]["q25_ms"] <= s["slow"]["median_ms"] <= s["slow"]["q75_ms"]
+    assert s["fast"]["runs"] == 30
+
+
+def test_time_interleaved_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        latency.time_interleaved({}, rounds=3)
+    with pytest.raises(ValueError):
+        latency.time_interleaved({"a": lambda: None}, rounds=0)
