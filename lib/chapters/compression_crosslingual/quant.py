@@ -41,7 +41,9 @@ def qmax(bits: int) -> int:
 
 def row_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-row scale max|w_row| / qmax (rows x 1), never zero."""
-    return torch.clamp(w.detach().abs().amax(1, keepdim=True) / qmax(bits), min=1e-12)
+    w = w.detach()
+    top = torch.maximum(w.amax(1, keepdim=True), -w.amin(1, keepdim=True))  # max |w|, no copy
+    return torch.clamp(top / qmax(bits), min=1e-12)
 
 
 def fake_quant_rows(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -95,11 +97,13 @@ def from_quant(model: nn.Module) -> None:
 @torch.no_grad()
 def round_weights(model: nn.Module, names: list[str], bits: int) -> None:
     """Post-training quantisation in place: each named module's weight onto its grid (after
-    this a plain forward pass is the quantised model's)."""
+    this a plain forward pass is the quantised model's). The same float operations as
+    :func:`codes` followed by code x scale, done in place (the embedding matrix is large)."""
+    m = qmax(bits)
     for n in names:
         w = get_module(model, n).weight
-        q, s = codes(w, bits)
-        w.copy_(q.float() * s[:, None])
+        s = row_scale(w, bits)
+        w.div_(s).round_().clamp_(-m, m).mul_(s)
 
 
 def quantized_names(tagger: nn.Module, embedding: bool) -> list[str]:
@@ -113,7 +117,7 @@ def quantized_names(tagger: nn.Module, embedding: bool) -> list[str]:
 
 def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
     """Codes in -7..7 (int8) as two per byte (uint8; an odd count gets a zero pad)."""
-    u = (q.reshape(-1).to(torch.int16) + 8).to(torch.uint8)
+    u = (q.reshape(-1) + 8).to(torch.uint8)  # 1..15
     if u.numel() % 2:
         u = torch.cat([u, torch.full((1,), 8, dtype=torch.uint8)])
     return u[0::2] | (u[1::2] << 4)
@@ -123,7 +127,7 @@ def unpack_nibbles(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of :func:`pack_nibbles`: the first ``n`` codes as int8."""
     lo, hi = packed & 0x0F, packed >> 4
     u = torch.stack([lo, hi], 1).reshape(-1)[:n]
-    return (u.to(torch.int16) - 8).to(torch.int8)
+    return u.to(torch.int8) - 8
 
 
 def pack_model(model: nn.Module, names: list[str], bits: int | None) -> dict[str, object]:
