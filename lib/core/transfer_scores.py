@@ -3,9 +3,7 @@ sentence, and the paired bootstrap behind every interval of a chapter that compa
 the same sentences: each replicate draws every language's sentences with replacement (the
 same draw for every arm and seed) and then the seeds (the same for every arm and language).
 
-The same statistics first lived in the GradDrop chapter (``lib.chapters.graddrop.study``,
-which still holds its own copy so that its cached runs stay valid); new chapters use this
-module.
+Used by the GradDrop chapter and chapter 07 (compression across languages).
 """
 
 from __future__ import annotations

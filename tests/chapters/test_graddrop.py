@@ -16,6 +16,7 @@ from lib.book import profiles
 from lib.chapters.graddrop import masking, resources
 from lib.chapters.graddrop import study as gs
 from lib.core import pos_transfer
+from lib.core import transfer_scores as ts
 from lib.core.pos_transfer import Tagger, TrainConfig, train_tagger, trainable_state
 
 
@@ -314,8 +315,8 @@ def test_spearman_rows_matches_scipy():
 
 def test_beats_baselines_and_cc100_table():
     table = pd.DataFrame({"majority": [0.2, 0.2], "word_lookup": [0.8, 0.5]}, index=["en", "de"])
-    assert gs.beats_baselines(table, pd.Series({"en": 0.9, "de": 0.6})) == 1.0
-    assert gs.beats_baselines(table, pd.Series({"en": 0.7, "de": 0.6})) == 0.5
+    assert ts.beats_baselines(table, pd.Series({"en": 0.9, "de": 0.6})) == 1.0
+    assert ts.beats_baselines(table, pd.Series({"en": 0.7, "de": 0.6})) == 0.5
     cc = resources.cc100_table()
     langs = profiles.get("graddrop").params["langs"]["choices"]
     assert set(langs) <= set(cc.index) and (cc["gib"] > 0).all()

@@ -24,7 +24,6 @@ from lib.core.pos_transfer import (
     Tagger,
     TrainConfig,
     TransferData,
-    baseline_accuracy,
     bucketed_batches,
     evaluate_items,
     lr_lambda,
@@ -34,6 +33,7 @@ from lib.core.pos_transfer import (
     trainable_state,
 )
 from lib.core.train import fit
+from lib.core.transfer_scores import Scores, gains, interval, words, zs_gain
 
 CACHE_VERSION = 1  # bump when the training code changes what a cached run would contain
 KINDS = ("standard", "unfreeze", "elementwise", "layerwise", "scheduled")
@@ -63,24 +63,6 @@ class Arm:
 
 StudyData = TransferData  # the shared harness's data: English train/dev, test per language
 prepare = prepare_transfer
-
-
-def language_table(d: StudyData) -> pd.DataFrame:
-    """Per language: test sentences, tagged words and the two baselines (learned from the
-    English training sentences)."""
-    rows = []
-    for lang, ex in d.test.items():
-        b = baseline_accuracy(d.raw_train, d.raw_test[lang])
-        rows.append(
-            {
-                "lang": lang,
-                "sentences": len(ex),
-                "words": int(sum(sum(y != IGNORE for y in ys) for _, ys in ex)),
-                "majority": b["majority"],
-                "word_lookup": b["word_lookup"],
-            }
-        )
-    return pd.DataFrame(rows).set_index("lang")
 
 
 # ----------------------------------------------------------------------- training
@@ -215,11 +197,6 @@ def run(
     return {**saved, "cached": loaded}
 
 
-def words(examples: list) -> np.ndarray:
-    """Tagged words per sentence."""
-    return np.array([sum(y != IGNORE for y in ys) for _, ys in examples])
-
-
 def dev_accuracy(result: dict, d: StudyData) -> float:
     """English dev accuracy of one run."""
     return float(result["dev"].sum() / words(d.dev).sum())
@@ -239,65 +216,6 @@ def select(grid: dict, edge_values: list) -> tuple[object, str | None]:
 
 
 # ----------------------------------------------------------------------- statistics
-
-
-@dataclass
-class Scores:
-    """Per-sentence tags right, ``correct[lang]``: seeds x arms x sentences; ``words[lang]``:
-    tagged words per sentence; ``arms``: labels; ``langs``: English first."""
-
-    arms: list[str]
-    seeds: list[int]
-    langs: list[str]
-    correct: dict[str, np.ndarray]
-    words: dict[str, np.ndarray]
-
-    @classmethod
-    def from_runs(cls, runs: dict, d: StudyData) -> Scores:
-        """From {(arm label, seed): run result}."""
-        arms = list(dict.fromkeys(a for a, _ in runs))
-        seeds = sorted({s for _, s in runs})
-        langs = list(d.test)
-        correct = {
-            lang: np.array([[runs[(a, s)]["test"][lang] for a in arms] for s in seeds], float)
-            for lang in langs
-        }
-        return cls(arms, seeds, langs, correct, {k: words(v) for k, v in d.test.items()})
-
-    def arm(self, label: str) -> int:
-        return self.arms.index(label)
-
-    def accuracy(self) -> np.ndarray:
-        """Accuracy, 1 x seeds x arms x languages."""
-        acc = [self.correct[lang].sum(-1) / self.words[lang].sum() for lang in self.langs]
-        return np.stack(acc, -1)[None]
-
-    def bootstrap(self, n_boot: int = stats.N_BOOT, seed: int = 0) -> np.ndarray:
-        """Resampled accuracy, n_boot x seeds x arms x languages: each replicate draws every
-        language's test sentences with replacement (the same draw for every seed and arm:
-        paired), then the seeds with replacement (the same for every arm and language)."""
-        rng = np.random.default_rng(seed)
-        out = np.empty((n_boot, len(self.seeds), len(self.arms), len(self.langs)))
-        for j, lang in enumerate(self.langs):
-            n = len(self.words[lang])
-            idx = rng.integers(0, n, size=(n_boot, n))
-            counts = np.zeros((n_boot, n))
-            np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
-            w = counts @ self.words[lang]
-            out[..., j] = np.einsum("san,bn->bsa", self.correct[lang], counts) / w[:, None, None]
-        seed_idx = rng.integers(0, len(self.seeds), size=(n_boot, len(self.seeds)))
-        return np.take_along_axis(out, seed_idx[:, :, None, None], axis=1)
-
-
-def interval(point: float, boot: np.ndarray, n_seeds: int, what: str) -> stats.Estimate:
-    """An estimate with the 95 % percentile interval of its bootstrap replicates."""
-    lo, hi = np.quantile(boot, [(1 - stats.LEVEL) / 2, (1 + stats.LEVEL) / 2])
-    return stats.Estimate(float(point), (float(lo), float(hi)), n_seeds, what)
-
-
-def gains(acc: np.ndarray, sc: Scores, arm: str, ref: str = "standard") -> np.ndarray:
-    """Accuracy gain in points of ``arm`` over ``ref``, mean over seeds: replicates x langs."""
-    return 100 * (acc[:, :, sc.arm(arm), :] - acc[:, :, sc.arm(ref), :]).mean(1)
 
 
 def gain_table(sc: Scores, point: np.ndarray, boot: np.ndarray, ref: str = "standard"):
@@ -328,14 +246,9 @@ def gain_table(sc: Scores, point: np.ndarray, boot: np.ndarray, ref: str = "stan
 
 
 def mean_zs_gain(sc: Scores, point, boot, arm: str, ref: str = "standard") -> stats.Estimate:
-    """Mean zero-shot accuracy gain (points) of ``arm`` over ``ref``, paired interval."""
-    what = f"paired bootstrap over {len(sc.seeds)} seeds x test sentences of {len(sc.langs)} langs"
-    return interval(
-        gains(point, sc, arm, ref)[0, 1:].mean(),
-        gains(boot, sc, arm, ref)[:, 1:].mean(1),
-        len(sc.seeds),
-        what,
-    )
+    """Mean zero-shot accuracy gain (points) of ``arm`` over ``ref`` (standard fine-tuning by
+    default), paired interval."""
+    return zs_gain(sc, point, boot, arm, ref)
 
 
 def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -359,19 +272,13 @@ def resource_correlation(
     of the sentence-and-seed bootstrap, on a resample of the languages."""
     zs = sc.langs[1:]
     x = np.log(size.loc[zs].to_numpy(float))
-    g_pt, g_bs = gains(point, sc, arm)[:, 1:], gains(boot, sc, arm)[:, 1:]
+    g_pt, g_bs = gains(point, sc, arm, "standard")[:, 1:], gains(boot, sc, arm, "standard")[:, 1:]
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(zs), size=(len(g_bs), len(zs)))
     r_bs = spearman_rows(np.take_along_axis(g_bs, idx, 1), x[idx])
     r_bs = r_bs[np.isfinite(r_bs)]
     what = f"bootstrap over {len(zs)} languages, {len(sc.seeds)} seeds and test sentences"
     return interval(spearman_rows(g_pt[0], x), r_bs, len(sc.seeds), what)
-
-
-def beats_baselines(table: pd.DataFrame, acc: pd.Series) -> float:
-    """Share of the languages (English included) where ``acc`` beats both baselines."""
-    best = table[["majority", "word_lookup"]].max(axis=1)
-    return float((acc.loc[table.index] > best).mean())
 
 
 def arms_for(p: float, state_variants: list[str], scheduled: bool) -> list[Arm]:
@@ -485,11 +392,6 @@ def check_values(runs: dict) -> dict:
     gu = [r["hook"] for r in runs.values() if "planned" in r["hook"]]
     on_schedule = bool(gu) and all(h["first_update"] == dict(enumerate(h["planned"])) for h in gu)
     return {"drop_z": max(zs) if zs else 0.0, "on_schedule": on_schedule}
-
-
-def mean_accuracy(point: np.ndarray, sc: Scores, arm: str) -> pd.Series:
-    """An arm's accuracy per language, mean over seeds (fraction)."""
-    return pd.Series(point[0, :, sc.arm(arm), :].mean(0), index=sc.langs)
 
 
 def long_run_gap(runs: dict, long_run: dict, d: StudyData, lr: float, seed: int) -> float:
