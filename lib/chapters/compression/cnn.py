@@ -84,8 +84,18 @@ class CnnConfig:
     seeds: int
     latency_rounds: int
     latency_warmup: int
+    linear_epochs: int = 3
     temperature: float = 2.0
     calib: int = 1000  # training images that calibrate static int8
+
+    @classmethod
+    def from_params(cls, params: dict) -> CnnConfig:
+        """The configuration from the chapter's ``cnn_*`` parameters (lists become tuples)."""
+        names = [f for f in cls.__dataclass_fields__ if f"cnn_{f}" in params]
+        names += [f for f in ("n_train", "n_test") if f not in names]
+        alias = {"n_train": "cnn_train", "n_test": "cnn_test"}
+        kw = {f: params[alias.get(f, f"cnn_{f}")] for f in names}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
 
 
 # ---------------------------------------------------------------- data
@@ -345,6 +355,11 @@ def predict(model: nn.Module, data: Split, batch: int = 2500) -> torch.Tensor:
 def correct(model: nn.Module, data: Split, batch: int = 2500) -> np.ndarray:
     """Per-item correctness (bool, in order); accuracy is its mean."""
     return (predict(model, data, batch) == data.y).numpy()
+
+
+def majority_share(data: Split) -> float:
+    """Share of the most frequent class (what a model that predicts one class scores)."""
+    return float(torch.bincount(data.y).max()) / len(data)
 
 
 def linear_floor(train_set: Split, test_set: Split, epochs: int, seed: int = 0) -> float:
@@ -711,6 +726,19 @@ def model_state(model: nn.Module, fmt: str) -> dict:
     raise ValueError(f"unknown file format {fmt!r}")
 
 
+def sparse_formula(model: nn.Module) -> int:
+    """Payload bytes the bitmask format should take, from counts alone: per conv/linear weight
+    one bit per entry (rounded up to bytes), 4 bytes per non-zero and its shape (int64 per
+    dimension); every other tensor (biases) dense in fp32."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            w = m.weight
+            total += (w.numel() + 7) // 8 + 4 * int((w != 0).sum()) + 8 * w.dim()
+            total += 4 * m.bias.numel()
+    return total
+
+
 def file_bytes(model: nn.Module, fmt: str) -> int:
     """Bytes of the whole-model file in ``fmt`` (:func:`model_state`), measured on disk."""
     return saved_bytes(model_state(model, fmt))
@@ -898,6 +926,8 @@ def run_seed(
             "sparsity": keeper.sparsity() if keeper is not None else 0.0,
             **shape_of(float_model),
         }
+        if arm.fmt == "sparse":
+            res.size[key]["sparse_formula"] = sparse_formula(final)
         if keep_models:
             res.models[key] = final
         res.seconds[f"{arm.family} {arm.level}"] = time.perf_counter() - t1
@@ -1200,8 +1230,7 @@ def identities(results: list[SeedResult], cfg: CnnConfig) -> dict[str, float]:
         "cnn_fp16_payload_ratio": payload(("PTQ", "fp16")),
         "cnn_int8_payload_ratio": payload(("PTQ", "int8")),
         "cnn_int4_payload_ratio": payload(("PTQ", "int4 weights")),
-        "cnn_sparse_payload_over_formula": payload(("magnitude", top))
-        / (1 - sp["sparsity"] + 1 / 32),
+        "cnn_sparse_payload_over_formula": sp["payload"] / sp["sparse_formula"],
         "cnn_pruned_flops_ratio": sp["flops"] / dense["flops"],
         "cnn_fused_flops_ratio": fused["flops"] / dense["flops"],
         "cnn_fused_payload_over_params": payload(("layer fusion", fused_level))
@@ -1212,4 +1241,131 @@ def identities(results: list[SeedResult], cfg: CnnConfig) -> dict[str, float]:
         for v in s.values()
     ]
     out["cnn_flops_formula_max_dev"] = float(np.max(np.abs(dev)))
+    out["cnn_pruned_sparsity_error"] = max(
+        abs(r.size[(fam, f"{sp:.0%}")]["sparsity"] - sp)
+        for r in results
+        for fam in ("magnitude", "magnitude + self-distil")
+        for sp in cfg.sparsities
+    )
     return out
+
+
+def unresolved(
+    results: list[SeedResult], family: str, level: str, est: Estimate, criterion: dict
+) -> str | None:
+    """A reason the grid cannot settle a ratio finding: the most compressed level tested is
+    still within the tolerance while the interval does not yet clear the criterion's bound (a
+    more compressed level is needed); else None."""
+    bound = criterion.get("at_least")
+    low = est.value if est.ci is None else est.ci[0]
+    if at_top_of_grid(results, family, level) and bound is not None and low < bound:
+        return f"the most compressed {family} level tested ({level}) is still within tolerance"
+    return None
+
+
+def show_equal(table: "pd.DataFrame") -> "pd.DataFrame":
+    """The equal-accuracy table formatted for the page: intervals as [low, high]."""
+    out = table.copy()
+
+    def rng(ci, digits):
+        return "" if not isinstance(ci, tuple) else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+    out["ratio"] = [f"{v:.2f} {rng(c, 2)}" for v, c in zip(table.ratio, table.ratio_ci)]
+    if "drop_pts" in table:
+        out["drop (pts)"] = [
+            "" if np.isnan(v) else f"{v:+.2f} {rng(c, 2)}"
+            for v, c in zip(table.drop_pts.astype(float), table.drop_ci)
+        ]
+    for b in (1, 32):
+        out[f"latency b{b} (ms)"] = [
+            f"{m:.3f} [{q[0]:.3f}, {q[1]:.3f}]"
+            for m, q in zip(table[f"lat{b}_ms"], table[f"lat{b}_iqr"])
+        ]
+    keep = ["family", "within_pts", "budget", "ratio", "level", "drop (pts)", "within"]
+    keep += ["latency b1 (ms)", "latency b32 (ms)"]
+    return out[[c for c in keep if c in out]].fillna("")
+
+
+def paper_vs_here(findings: list[dict], extra: list[dict] | None = None) -> "pd.DataFrame":
+    """The chapter's paper-vs-here table: one line per recorded finding (the paper's value and
+    source, the estimate with its interval, the computed verdict), then ``extra`` lines for
+    results that are not run here (each with claim, paper, source, here)."""
+    import pandas as pd
+
+    rows = []
+    for f in findings:
+        ci = f.get("ci")
+        here = f"{f['value']:.3g}" + ("" if not ci else f" [{ci[0]:.3g}, {ci[1]:.3g}]")
+        rows.append(
+            {
+                "claim": f["name"],
+                "paper": f["paper_value"],
+                "source": f["paper_source"],
+                "here": here,
+                "verdict": f["verdict"],
+            }
+        )
+    rows += list(extra or [])
+    return pd.DataFrame(rows)
+
+
+def most_compressed(results: list[SeedResult], family: str) -> tuple[str, str]:
+    """(family, level) of the family's highest compression ratio."""
+    levels = levels_of(results, family)
+    return family, max(levels, key=lambda lv: ratio_of(results, family, lv))
+
+
+def settling(
+    results: list[SeedResult], criterion: dict, tol_pts: float, n_boot: int = 1000
+) -> "pd.DataFrame":
+    """For every family that retrains and every budget: the largest ratio within ``tol_pts``
+    (95 % interval) and the verdict the declared ``criterion`` gives it at that budget
+    (:func:`lib.book.verdicts.verdict`); the budget from which it stays "reproduced" is
+    where that family's verdict settles."""
+    import pandas as pd
+
+    from lib.book import verdicts
+
+    budgets = sorted({k[2] for k in results[0].hits})
+    rows = []
+    for fam in FAMILIES:
+        if fam == "PTQ" or not levels_of(results, fam):
+            continue
+        row: dict[str, object] = {"family": fam}
+        status = []
+        for b in budgets:
+            est, level = ratio_estimate(results, fam, b, tol_pts, n_boot)
+            why = unresolved(results, fam, level, est, criterion)
+            v, _ = verdicts.verdict(est.value, est.ci, criterion, unresolved=why)
+            lo, hi = est.ci
+            row[f"{b:g} ep"] = f"{est.value:.2f} [{lo:.2f}, {hi:.2f}] {v}"
+            status.append(v == "reproduced")
+        first = next((i for i in range(len(budgets)) if all(status[i:])), None)
+        row["settles at (epochs)"] = "-" if first is None else f"{budgets[first]:g}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+NOT_RUN = [
+    {
+        "claim": "layer fusion on WikiText-2 (pretrained Transformers)",
+        "paper": "20 % of the original size within 5 perplexity points",
+        "source": "arXiv 2007.14917, abstract",
+        "here": "not run: no pretrained GPT-2 and no WikiText-2 training split offline",
+        "verdict": "not run here",
+    },
+    {
+        "claim": "self-distilled pruning vs smaller and 6x larger distilled models",
+        "paper": "beats equal-size smaller Transformers; competitive with 6x larger distilled ones",
+        "source": "arXiv 2109.15014, abstract (GLUE, XGLUE)",
+        "here": "multilingual setting: chapter 03; CNN analogue: budget curves above",
+        "verdict": "see chapter 03",
+    },
+    {
+        "claim": "SDQ on XGLUE (XLM-R, InfoXLM; 8-bit weights)",
+        "paper": "SDQ outperforms baselines, 8-bit weights keep performance",
+        "source": "arXiv 2307.05972, abstract",
+        "here": "chapter 07 (self-distilled quantisation across languages)",
+        "verdict": "see chapter 07",
+    },
+]
