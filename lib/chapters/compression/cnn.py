@@ -1320,7 +1320,8 @@ def settling(
 ) -> "pd.DataFrame":
     """For every family that retrains and every budget: the largest ratio within ``tol_pts``
     (95 % interval) and the verdict the declared ``criterion`` gives it at that budget
-    (:func:`lib.book.verdicts.verdict`); the budget from which it stays "reproduced" is
+    (:func:`lib.book.verdicts.verdict`, adequacy aside): "reached" when the whole interval
+    clears the bound, "straddles", or "not yet". The budget from which it stays reached is
     where that family's verdict settles."""
     import pandas as pd
 
@@ -1338,7 +1339,8 @@ def settling(
             why = unresolved(results, fam, level, est, criterion)
             v, _ = verdicts.verdict(est.value, est.ci, criterion, unresolved=why)
             lo, hi = est.ci
-            row[f"{b:g} ep"] = f"{est.value:.2f} [{lo:.2f}, {hi:.2f}] {v}"
+            state = {"reproduced": "reached", "inconclusive": "straddles"}.get(v, "not yet")
+            row[f"{b:g} ep"] = f"{est.value:.2f} [{lo:.2f}, {hi:.2f}] {state}"
             status.append(v == "reproduced")
         first = next((i for i in range(len(budgets)) if all(status[i:])), None)
         row["settles at (epochs)"] = "-" if first is None else f"{budgets[first]:g}"

@@ -43,9 +43,7 @@ def budget_curves(table: pd.DataFrame, floors: dict[str, float]) -> plt.Figure:
                 color=c,
                 label=f"{level} ({s.ratio.iloc[0]:.1f}x)",
             )
-        ax.plot(
-            [pos[b] for b in dense.budget], 100 * (1 - dense.acc), "k--", lw=1, label="dense"
-        )
+        ax.plot([pos[b] for b in dense.budget], 100 * (1 - dense.acc), "k--", lw=1, label="dense")
         for name, acc in floors.items():
             ax.axhline(100 * (1 - acc), color="grey", ls=":", lw=1)
             ax.text(0, 100 * (1 - acc), name, fontsize=6, va="bottom", color="grey")
@@ -58,6 +56,8 @@ def budget_curves(table: pd.DataFrame, floors: dict[str, float]) -> plt.Figure:
         ax.set_xlabel("retraining (epochs)")
     for ax in axes[:, 0]:
         ax.set_ylabel("test error (%, log)")
+    for ax in axes.flat:
+        ax.set_yticks([1, 2, 5, 10, 20, 50, 100])
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
     return fig
@@ -82,9 +82,12 @@ def drop_vs_ratio(
         ax.axhline(tol, color="grey", ls="--", lw=0.8)
     ax.axhline(0, color="black", lw=0.6)
     ax.axvline(paper_ratio, color="black", ls=":", label=f"fusion paper: {paper_ratio:g}x")
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xticks([1, 1.5, 2, 3, 5, 10, 20])
+    ax.set_yticks([-5, -2, -1, 0, 1, 2, 5, 10, 20, 50])
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set(
-        xscale="log",
-        yscale="symlog",
         xlabel="compression ratio (dense fp32 file / compressed file)",
         ylabel="accuracy drop (points, symlog)",
         title=f"after {budget:g} epochs of retraining",
