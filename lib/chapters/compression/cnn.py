@@ -71,7 +71,8 @@ class CnnConfig:
     n_test: int
     epochs: float  # dense training (one-cycle schedule)
     budgets: tuple[float, ...]  # retraining budgets in epochs (0 = none)
-    batch: int
+    batch: int  # dense training
+    retrain_batch: int  # every arm that retrains (and the students)
     lr: float  # peak rate of the dense training and rate of the students
     retrain_lr: float  # constant rate of every retraining arm
     sparsities: tuple[float, ...]
@@ -874,7 +875,7 @@ def run_seed(
     calib_x = train_set.x[: cfg.calib]
     example = test_set.x[:1]
     dense_flops = count_flops(dense, example)
-    budget_steps = {b: steps_for(b, len(train_set), cfg.batch) for b in cfg.budgets}
+    budget_steps = {b: steps_for(b, len(train_set), cfg.retrain_batch) for b in cfg.budgets}
     for i, arm in enumerate(arms(cfg, calib_x)):
         t1 = time.perf_counter()
         torch.manual_seed(seed * 1000 + i)
@@ -901,7 +902,7 @@ def run_seed(
                 model,
                 train_set,
                 max(budget_steps.values()),
-                cfg.batch,
+                cfg.retrain_batch,
                 cfg.lr if arm.from_scratch else cfg.retrain_lr,
                 seed * 1000 + i,
                 teacher=dense,
