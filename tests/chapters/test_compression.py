@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.book import stats
+from lib.chapters.compression import cnn
 from lib.chapters.compression import study as cs
 from lib.core import compress
 from lib.core.data import read_idx
@@ -66,17 +67,9 @@ def test_spread_and_split():
     assert len(te) == 20 and len(tr) == 50 and not set(tr) & set(te)
 
 
-def test_cnn_fusion_ties_candidates_and_training_learns():
+def test_train_learns_a_separable_toy_problem():
     torch.manual_seed(0)
-    model = cs.FusionCNN(width=4, depth=3)
-    before = cs.unique_params(model)
-    cs.fuse_cnn(model, 2)
-    per_conv = 4 * 4 * 9 + 4
-    assert before - cs.unique_params(model) == 2 * per_conv
-    assert compress.flops(model, torch.zeros(1, 1, 28, 28)) == compress.flops(
-        cs.FusionCNN(4, 3), torch.zeros(1, 1, 28, 28)
-    )
-    # a few steps on a separable toy problem reduce the loss
+    model = cnn.ResCNN(4, 3)
     x = torch.randn(64, 1, 28, 28)
     y = (x.mean((1, 2, 3)) > 0).long()
     losses = cs.train(model, cs.Batchset((x,), y), 40, 32, 1e-2, 0)
@@ -85,20 +78,20 @@ def test_cnn_fusion_ties_candidates_and_training_learns():
 
 def test_train_runs_events_before_their_step_and_after_step_after_every_update():
     torch.manual_seed(0)
-    model = cs.FusionCNN(width=4, depth=3)
+    model = cnn.ResCNN(4, 3)
     x = torch.randn(32, 1, 28, 28)
     y = (x.mean((1, 2, 3)) > 0).long()
     seen, fused = [], []
 
     def fuse():
-        cs.fuse_cnn(model, 1)
+        compress.fuse_layers(model, cnn.square_convs(model), 1)
         fused.append(len(seen))
 
     losses = cs.train(model, cs.Batchset((x,), y), 6, 8, 1e-2, 0, after_step=seen.append,
                       events={3: fuse})  # fmt: skip
     assert seen == list(range(6)) and fused == [3] and len(losses) == 6
     # the rebuilt optimizer trains the tied tensor: the two fused convolutions stay one
-    assert cs.unique_params(model) == cs.unique_params(cs.FusionCNN(4, 3)) - (4 * 4 * 9 + 4)
+    assert cnn.n_params(model) == cnn.n_params(cnn.ResCNN(4, 3)) - (4 * 4 * 9 + 4)
 
 
 def test_train_is_reproducible_from_its_seed():
@@ -107,7 +100,7 @@ def test_train_is_reproducible_from_its_seed():
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
-        model = cs.FusionCNN(width=4, depth=2)
+        model = cnn.ResCNN(4, 2)
         runs.append(cs.train(model, cs.Batchset((x,), y), 5, 8, 1e-2, seed=3))
     assert runs[0] == runs[1]
 
@@ -265,30 +258,6 @@ def test_paper_vs_here_rows_keep_only_the_minilm_findings():
     assert len(rows) == 1 and rows[0]["claim"] == "int8_dynamic_acc_drop_pts"
     assert rows[0]["here"].startswith("0.5 [0.1, 0.9], 3 seeds; MiniLM")
     assert rows[0]["verdict"] == "reproduced"
-
-
-def test_fusion_curve_statistics():
-    # 2 seeds x 4 levels x 100 items: accuracies 0.9, 0.89, 0.85, 0.6 at every seed
-    acc = [0.9, 0.89, 0.85, 0.6]
-    hits = np.stack([np.stack([np.arange(100) < 100 * a for a in acc])] * 2)
-    ratios = np.array([1.0, 1.2, 1.5, 2.0])
-    rows = [
-        {"seed": s, "removed": k, "correct": hits[s, k], "ratio": ratios[k], "acc": acc[k],
-         "flops": 1, "bytes": 1024}
-        for s in range(2) for k in range(4)
-    ]  # fmt: skip
-    got, got_ratios = cs.cnn_correct(rows)
-    assert np.array_equal(got, hits) and np.array_equal(got_ratios, ratios)
-    a = hits.mean(2)
-    assert np.allclose(cs.mean_drop_pts(a), [0, 1, 5, 30])
-    assert cs.ratio_within(a, ratios) == 1.2  # drops of 0 and 1 point are within 2
-    assert cs.drop_acceleration(a) == pytest.approx(21.0)  # second differences 3 and 21
-    assert cs.inflection_ratio(a, ratios) == 1.5
-    assert cs.cnn_curve(rows)["drop_pts"].round(6).tolist() == [0, 1, 5, 30]
-    est = cs.bootstrap_curve(hits, cs.drop_acceleration, n_boot=300)
-    assert est.value == pytest.approx(21.0) and est.n_seeds == 2
-    assert est.ci[0] < 21.0 < est.ci[1]
-    assert np.isnan(cs.drop_acceleration(a[:, :2]))
 
 
 def test_pts_scales_an_estimate_to_points():

