@@ -90,7 +90,7 @@ def drop_vs_ratio(
     ax.set(
         xlabel="compression ratio (dense fp32 file / compressed file)",
         ylabel="accuracy drop (points, symlog)",
-        title=f"after {budget:g} epochs of retraining",
+        title=f"after {budget:g} epoch(s) of retraining",
     )
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
