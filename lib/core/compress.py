@@ -413,13 +413,7 @@ def pack_state(model: nn.Module, skip: tuple[str, ...] = ()) -> dict[str, object
 def file_bytes(model: nn.Module, skip: tuple[str, ...] = (), path: str | Path | None = None) -> int:
     """Size in bytes of the file that :func:`pack_state` writes with ``torch.save`` (measured on
     disk)."""
-    state = pack_state(model, skip)
-    if path is not None:
-        torch.save(state, path)
-        return os.path.getsize(path)
-    with tempfile.NamedTemporaryFile(suffix=".pt") as f:
-        torch.save(state, f.name)
-        return os.path.getsize(f.name)
+    return saved_bytes(pack_state(model, skip), path)
 
 
 def nonzero_params(model: nn.Module, skip: tuple[str, ...] = ()) -> int:

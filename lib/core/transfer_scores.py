@@ -73,17 +73,32 @@ class Scores:
 
     def bootstrap(self, n_boot: int = stats.N_BOOT, seed: int = 0) -> np.ndarray:
         """Resampled accuracy, n_boot x seeds x arms x languages (paired, see the module)."""
-        rng = np.random.default_rng(seed)
-        out = np.empty((n_boot, len(self.seeds), len(self.arms), len(self.langs)))
-        for j, lang in enumerate(self.langs):
-            n = len(self.words[lang])
-            idx = rng.integers(0, n, size=(n_boot, n))
-            counts = np.zeros((n_boot, n))
-            np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
-            w = counts @ self.words[lang]
-            out[..., j] = np.einsum("san,bn->bsa", self.correct[lang], counts) / w[:, None, None]
-        seed_idx = rng.integers(0, len(self.seeds), size=(n_boot, len(self.seeds)))
-        return np.take_along_axis(out, seed_idx[:, :, None, None], axis=1)
+        return paired_bootstrap(self.correct, self.words, self.langs, n_boot, seed)
+
+
+def paired_bootstrap(
+    correct: dict[str, np.ndarray],
+    words: dict[str, np.ndarray],
+    langs: list[str],
+    n_boot: int = stats.N_BOOT,
+    seed: int = 0,
+) -> np.ndarray:
+    """Resampled accuracy, n_boot x seeds x arms x languages, from the tags right per sentence
+    (``correct[lang]``: seeds x arms x sentences) and the tagged words per sentence: each
+    replicate draws every language's sentences (the same draw for every seed and arm), then
+    the seeds (the same for every arm and language)."""
+    rng = np.random.default_rng(seed)
+    n_seeds, n_arms = correct[langs[0]].shape[:2]
+    out = np.empty((n_boot, n_seeds, n_arms, len(langs)))
+    for j, lang in enumerate(langs):
+        n = len(words[lang])
+        idx = rng.integers(0, n, size=(n_boot, n))
+        counts = np.zeros((n_boot, n))
+        np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
+        w = counts @ words[lang]
+        out[..., j] = np.einsum("san,bn->bsa", correct[lang], counts) / w[:, None, None]
+    seed_idx = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    return np.take_along_axis(out, seed_idx[:, :, None, None], axis=1)
 
 
 def interval(point: float, boot: np.ndarray, n_seeds: int, what: str) -> stats.Estimate:

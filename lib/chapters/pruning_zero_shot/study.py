@@ -41,6 +41,7 @@ from lib.core.pos_transfer import (
     subword_overlap,
     trainable_state,
 )
+from lib.core.transfer_scores import paired_bootstrap
 
 PUD = ("ar", "hi", "it")  # the parallel treebanks (same sentences, same order)
 CACHE_VERSION = 3  # bump when the training code changes what a cached dense model would contain
@@ -479,19 +480,7 @@ class Scores:
         """Resampled accuracy, n_boot x seeds x arms x languages: each replicate draws the test
         sentences of every language with replacement (the same draw for every seed and arm:
         paired), then the seeds with replacement."""
-        rng = np.random.default_rng(seed)
-        out = np.empty((n_boot, len(self.seeds), len(self.arms), len(self.langs)))
-        for j, lang in enumerate(self.langs):
-            n = len(self.words[lang])
-            idx = rng.integers(0, n, size=(n_boot, n))
-            counts = np.zeros((n_boot, n))
-            np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1.0)
-            words = counts @ self.words[lang]
-            out[..., j] = (
-                np.einsum("san,bn->bsa", self.correct[lang], counts) / words[:, None, None]
-            )
-        seed_idx = rng.integers(0, len(self.seeds), size=(n_boot, len(self.seeds)))
-        return np.take_along_axis(out, seed_idx[:, :, None, None], axis=1)
+        return paired_bootstrap(self.correct, self.words, self.langs, n_boot, seed)
 
 
 METRICS = ("abs", "rel", "head")
