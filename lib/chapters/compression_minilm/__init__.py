@@ -1,0 +1,1 @@
+"""Code of the chapter `compression_minilm`."""
