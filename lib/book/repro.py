@@ -1,4 +1,4 @@
-"""Seeding, threads, determinism and the facts of a run (versions, git revision)."""
+"""Seeding, threads, determinism and the facts of a run (versions, machine, git revision)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,32 @@ def versions(packages: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return found
+
+
+# CPU instruction sets that change what a timing means (int8 kernels use VNNI/AMX where present).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def machine(cpuinfo: str | None = None) -> dict[str, object]:
+    """The CPU a run's timings come from: model name, the :data:`ISA_FLAGS` it has, and the
+    cores the process may use (read from ``/proc/cpuinfo``; empty fields where it is absent)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
+        "isa": [f for f in ISA_FLAGS if f in flags],
+        "cores": cores,
+    }
 
 
 def all_versions() -> list[str]:

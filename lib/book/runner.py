@@ -258,6 +258,7 @@ def execute(
         "status": "ok",
         "git_revision": revision,
         "versions": repro.versions(),
+        "machine": repro.machine(),
         "started_at": started.isoformat(timespec="seconds"),
         "wall_s": round(wall, 2),
         "cache_key": key,

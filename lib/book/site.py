@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from lib.book import profiles
+from lib.book import profiles, repro
 from lib.book.paths import BOOK_DIR, ROOT, build_dir, executed_dir
 from lib.book.records import fmt, fmt_ci
 from lib.book.verdicts import VERDICTS
@@ -157,6 +157,10 @@ def status_page(records: dict[str, dict[str, Any]]) -> str:
         shown = ", ".join(f"`{k}={v}`" for k, v in rec["parameters"].items())
         vers = ", ".join(f"{k} {v}" for k, v in rec["versions"].items())
         lines += [f"## {name}", "", f"Parameters: {shown}", "", f"Versions: {vers}", ""]
+        if "machine" in rec:  # records written before the machine was recorded lack it
+            m = rec["machine"]
+            isa = ", ".join(m["isa"]) or "none of " + ", ".join(repro.ISA_FLAGS)
+            lines += [f"Machine: {m['cpu']} ({m['cores']} cores; {isa})", ""]
         failed = [c["name"] for c in rec["claims"] if not c["holds"]]
         if failed:
             lines += [f"**Claims that do not hold:** {', '.join(failed)}", ""]

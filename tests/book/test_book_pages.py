@@ -68,6 +68,13 @@ def test_status_page_reports_runs_and_failing_claims():
     )
 
 
+def test_status_page_names_the_machine_when_the_record_has_it():
+    rec = fake_record()
+    assert "Machine:" not in site.status_page({"toy": rec})  # older records lack it
+    rec["machine"] = {"cpu": "Some CPU", "isa": ["avx2"], "cores": 2}
+    assert "Machine: Some CPU (2 cores; avx2)" in site.status_page({"toy": rec})
+
+
 def test_build_refuses_chapters_without_a_successful_run(tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_BUILD_DIR", str(tmp_path))
     monkeypatch.setattr(site, "toc_chapters", lambda: ["book/chapters/01_toy"])

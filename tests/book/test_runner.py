@@ -120,7 +120,7 @@ def test_success_writes_notebook_and_record_then_reuses_the_cache(tmp_path, buil
             "fails_if": "x below 1",
         }
     ]
-    for key in ("git_revision", "versions", "wall_s", "cache_key", "started_at"):
+    for key in ("git_revision", "versions", "machine", "wall_s", "cache_key", "started_at"):
         assert key in record
     nb = nbformat.read(build / "executed" / "smoke" / "toy.ipynb", as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
@@ -242,3 +242,13 @@ def test_package_versions_do_not_depend_on_the_working_directory(tmp_path, monke
     here = repro.all_versions()
     monkeypatch.chdir(tmp_path)
     assert repro.all_versions() == here and len(here) == len(set(here))
+
+
+def test_machine_reads_the_cpu_model_and_the_timing_relevant_instruction_sets():
+    info = "processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu sse avx2 avx512f amx_int8\n"
+    info += "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n"
+    m = runner.repro.machine(info)
+    assert m["cpu"] == "Test CPU 9000"  # the first processor's fields
+    assert m["isa"] == ["avx2", "avx512f", "amx_int8"]  # in ISA_FLAGS order, absent ones left out
+    assert m["cores"] >= 1
+    assert runner.repro.machine("")["isa"] == []
