@@ -114,6 +114,13 @@ def prune_neurons(model: nn.Module, pairs: list[tuple[str, str]], fraction: floa
 # ---------------------------------------------------------------- quantisation
 
 
+# Activations of the static int8 layers take 7 bits (0..127): fbgemm's int8 kernels on CPUs
+# without VNNI (AVX2 only) add pairs of uint8 x int8 products in int16, which saturates with
+# 8-bit activations; PyTorch's x86 qconfig reduces the range for the same reason. Used on every
+# machine, so that results do not depend on the CPU.
+ACT_QMAX = 127
+
+
 def qparams(
     lo: torch.Tensor, hi: torch.Tensor, qmin: int, qmax: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,12 +204,13 @@ class RangeObserver(nn.Module):
 
 
 class StaticInt8Linear(nn.Module):
-    """Static int8 Linear: input quantised with a calibrated scale, int8 x int8 product in fbgemm,
-    output requantised with a calibrated scale, then dequantised for the float ops around it."""
+    """Static int8 Linear: input quantised with a calibrated 7-bit scale (``ACT_QMAX``), int8
+    product in fbgemm, output requantised with a calibrated scale, then dequantised for the
+    float ops around it."""
 
     def __init__(self, layer: nn.Linear, x_range: torch.Tensor, y_range: torch.Tensor) -> None:
         super().__init__()
-        s_x, z_x = qparams(x_range[0], x_range[1], 0, 255)
+        s_x, z_x = qparams(x_range[0], x_range[1], 0, ACT_QMAX)
         s_y, z_y = qparams(y_range[0], y_range[1], 0, 255)
         self.in_scale, self.in_zero = float(s_x), int(z_x)
         # the input scale and zero point travel in the state dict (a saved file is complete)

@@ -264,3 +264,28 @@ def test_static_int8_state_dict_carries_its_input_quantisation():
     layer = compress.get_module(model, "0")
     state = model.state_dict()
     assert torch.allclose(state["0.in_qparams"], torch.tensor([layer.in_scale, layer.in_zero]))
+
+
+def test_static_int8_gives_the_same_result_on_every_quantised_engine():
+    # fbgemm without VNNI saturates int16 pair sums of 8-bit activations; the 7-bit range of
+    # ACT_QMAX avoids it, so x86/fbgemm and qnnpack kernels agree on any CPU
+    torch.manual_seed(0)
+    layer = nn.Linear(256, 64)
+    layer.weight.data *= 8  # large weights: the pair sums that would overflow int16
+    x = torch.randn(32, 256).abs() * 4
+    ranges = (torch.stack([x.min(), x.max()]), torch.stack([(y := layer(x)).min(), y.max()]))
+    engines = [
+        e for e in ("x86", "fbgemm", "qnnpack") if e in torch.backends.quantized.supported_engines
+    ]
+    before, out = torch.backends.quantized.engine, {}
+    try:
+        for e in engines:
+            torch.backends.quantized.engine = e
+            with torch.no_grad():
+                out[e] = compress.StaticInt8Linear(layer, *ranges)(x)
+    finally:
+        torch.backends.quantized.engine = before
+    scale = float(y.abs().max())
+    for e in engines[1:]:
+        assert float((out[e] - out[engines[0]]).abs().max()) < 0.02 * scale, e
+    assert float((out[engines[0]] - y.detach()).norm() / y.norm()) < 0.05

@@ -517,8 +517,8 @@ def quantise_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
 
 class FakeQuant(nn.Module):
     """Trains a conv or linear through quantisation noise: weights on the per-channel
-    ``bits`` grid; with ``act``, inputs on a per-tensor uint8 grid (per-batch range), as the
-    static int8 kernels see them."""
+    ``bits`` grid; with ``act``, inputs on a per-tensor 7-bit grid (per-batch range), as the
+    static int8 kernels see them (``compress.ACT_QMAX``)."""
 
     def __init__(self, layer: nn.Module, bits: int, act: bool) -> None:
         super().__init__()
@@ -526,8 +526,8 @@ class FakeQuant(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act:
-            s, z = compress.qparams(x.detach().min(), x.detach().max(), 0, 255)
-            x = compress.fake_quant(x, s, z, 0, 255)
+            s, z = compress.qparams(x.detach().min(), x.detach().max(), 0, compress.ACT_QMAX)
+            x = compress.fake_quant(x, s, z, 0, compress.ACT_QMAX)
         w = quantise_weight(self.layer.weight, self.bits)
         if isinstance(self.layer, nn.Conv2d):
             lay = self.layer
@@ -585,13 +585,13 @@ class RangeObserver(nn.Module):
 
 
 class StaticInt8Conv2d(nn.Module):
-    """Static int8 convolution (fbgemm): input quantised with a calibrated per-tensor uint8
+    """Static int8 convolution (fbgemm): input quantised with a calibrated per-tensor 7-bit
     scale, per-channel int8 weights, output requantised with a calibrated scale, then
     dequantised for the float residual additions and ReLUs around it."""
 
     def __init__(self, conv: nn.Conv2d, x_range: torch.Tensor, y_range: torch.Tensor) -> None:
         super().__init__()
-        s_x, z_x = compress.qparams(x_range[0], x_range[1], 0, 255)
+        s_x, z_x = compress.qparams(x_range[0], x_range[1], 0, compress.ACT_QMAX)
         s_y, z_y = compress.qparams(y_range[0], y_range[1], 0, 255)
         self.in_scale, self.in_zero = float(s_x), int(z_x)
         out_c, in_c, k, _ = conv.weight.shape
