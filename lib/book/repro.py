@@ -74,8 +74,19 @@ def versions(packages: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str]:
     return found
 
 
-# CPU instruction sets that change what a timing means (int8 kernels use VNNI/AMX where present).
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+# CPU instruction sets that change what a timing means.
+ISA_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "avx512_bf16",
+    "amx_bf16",
+)
+# int8 kernels use VNNI/AMX where present; bfloat16 is native only with these two, and emulated
+# (several times slower than float32) elsewhere.
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 
 
 def machine(cpuinfo: str | None = None) -> dict[str, object]:
@@ -98,6 +109,11 @@ def machine(cpuinfo: str | None = None) -> dict[str, object]:
         "isa": [f for f in ISA_FLAGS if f in flags],
         "cores": cores,
     }
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (else autocast to it is a slow-down)."""
+    return any(f in machine()["isa"] for f in NATIVE_BF16)
 
 
 def all_versions() -> list[str]:

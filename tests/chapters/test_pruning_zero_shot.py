@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lib.book import profiles
+from lib.book import profiles, repro
 from lib.chapters.pruning_zero_shot import regularizers as rg
 from lib.chapters.pruning_zero_shot import schedule as sch
 from lib.chapters.pruning_zero_shot import study as ps
@@ -411,10 +411,15 @@ def test_same_budget_reference_controls_and_criterion_statistics():
 def test_evaluation_precision_and_lambda_text():
     lin = nn.Linear(8, 8)
     x = torch.randn(4, 8)
-    with ps.evaluation_precision("cpu", True):
+    with ps.evaluation_precision("cpu", True, native=True):
         assert lin(x).dtype == torch.bfloat16
-    with ps.evaluation_precision("cpu", False):
+    with ps.evaluation_precision("cpu", True, native=False):  # emulated bf16: stay in float32
         assert lin(x).dtype == torch.float32
+    with ps.evaluation_precision("cpu", False, native=True):
+        assert lin(x).dtype == torch.float32
+    with ps.evaluation_precision("cpu", True):  # read from this machine's CPU flags
+        want = torch.bfloat16 if repro.native_bf16() else torch.float32
+        assert lin(x).dtype == want
     grids = {"a": [1.0, 10.0, 100.0], "b": [1.0, 10.0, 100.0]}
     lams = {"a": 10.0, "b": 1.0}
     text = ps.lambdas_text(lams, grids, ps.at_grid_edge(lams, grids))

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from scipy import stats as st
 
-from lib.book import stats
+from lib.book import repro, stats
 from lib.chapters.pruning_zero_shot import regularizers
 from lib.chapters.pruning_zero_shot.schedule import Pruner, Stage, run_stage
 from lib.core import pruning
@@ -102,11 +102,15 @@ def floor_items(d: StudyData) -> dict[str, np.ndarray]:
     }
 
 
-def evaluation_precision(device, bf16: bool):
-    """The context of every evaluation: bfloat16 autocast when ``bf16`` (training stays
-    float32), else nothing."""
+def evaluation_precision(device, bf16: bool, native: bool | None = None):
+    """The context of every evaluation: bfloat16 autocast when ``bf16`` and the device computes
+    bfloat16 natively (a GPU, or a CPU with AVX-512 BF16 or AMX: ``native``, read from the
+    machine when None), else nothing (training stays float32). On a CPU without it, bfloat16
+    is emulated and several times slower than float32."""
     dev = torch.device(device).type
-    return torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16)
+    if native is None:
+        native = dev != "cpu" or repro.native_bf16()
+    return torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16 and native)
 
 
 def evaluate_all(
