@@ -142,40 +142,6 @@ def fake_quant(
     return x + (y - x).detach()
 
 
-def symmetric_scale(w: torch.Tensor) -> torch.Tensor:
-    """Per-tensor symmetric int8 scale max|w| / 127.5 (PyTorch's default weight observer for
-    dynamic int8)."""
-    return torch.clamp(w.detach().abs().max() * 2 / 255, min=1e-8)
-
-
-class FakeQuantLinear(nn.Linear):
-    """A Linear that trains through int8 noise: weights fake-quantised per tensor (symmetric int8),
-    inputs per batch (affine uint8), as the dynamic int8 kernels do at inference."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = fake_quant(self.weight, symmetric_scale(self.weight), torch.zeros(()), -128, 127)
-        s, z = qparams(x.detach().min(), x.detach().max(), 0, 255)
-        return F.linear(fake_quant(x, s, z, 0, 255), w, self.bias)
-
-
-def to_fake_quant(model: nn.Module, names: list[str]) -> None:
-    """Swap the named Linears for FakeQuantLinears sharing their parameters (QAT/SDQ training)."""
-    for n in names:
-        old = get_module(model, n)
-        new = FakeQuantLinear.__new__(FakeQuantLinear)
-        new.__dict__ = old.__dict__
-        set_module(model, n, new)
-
-
-def from_fake_quant(model: nn.Module) -> None:
-    """Turn FakeQuantLinears back into plain Linears (before converting to real int8)."""
-    for n, m in list(model.named_modules()):
-        if isinstance(m, FakeQuantLinear):
-            new = nn.Linear.__new__(nn.Linear)
-            new.__dict__ = m.__dict__
-            set_module(model, n, new)
-
-
 def quantize_dynamic_int8(model: nn.Module, names: list[str]) -> nn.Module:
     """Replace the named Linears by int8 dynamic-quantised Linears (fbgemm kernels), in place."""
     with warnings.catch_warnings():

@@ -172,22 +172,6 @@ def test_flops_of_linear_and_conv():
     assert compress.flops(conv, torch.randn(2, 3, 8, 8)) == 2 * 2 * 4 * 8 * 8 * 3 * 9
 
 
-def test_fake_quant_linear_trains_and_converts():
-    torch.manual_seed(0)
-    model = mlp()
-    names = compress.linear_names(model)
-    x = torch.randn(16, 16)
-    ref = model(x).detach()
-    compress.to_fake_quant(model, names)
-    out = model(x)
-    assert isinstance(model[0], compress.FakeQuantLinear)
-    assert not torch.equal(out, ref) and float((out - ref).detach().abs().max()) < 0.1
-    out.sum().backward()
-    assert model[0].weight.grad is not None
-    compress.from_fake_quant(model)
-    assert type(model[0]) is nn.Linear and torch.equal(model(x), ref)
-
-
 def test_packing_int8_layers_never_mistakes_a_freed_temporary_for_a_shared_tensor():
     # Distinct int8 layers unpack their weights into fresh temporaries; a freed temporary's
     # address can come back for the next one, which must not be stored as a reference.
